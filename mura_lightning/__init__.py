@@ -1,0 +1,3 @@
+"""mura-lightning: PyTorch Lightning + Hydra experiments for abnormality detection on MURA radiographs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The data side of mura-lightning: MURA index, splits, image decoding, transforms and the DataModule."""

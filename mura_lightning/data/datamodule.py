@@ -1,0 +1,168 @@
+"""MURADataModule: the MURA index, split by patient, served as train/val/test/predict loaders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from mura_lightning.data.dataset import MuraImageDataset, collate_skipping_none
+from mura_lightning.data.index import MuraDataError, MuraIndex, build_index, resolve_body_parts, select_body_parts
+from mura_lightning.data.splits import assign_subsets, class_counts
+from mura_lightning.data.transforms import RadiographTransform
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_FOLDER = "MURA-v1.1"
+
+
+class MURADataModule(LightningDataModule):
+    """MURA for one body part, several, or all: official `train` split by patient into train/val,
+    official `valid` as the test (and predict) set.
+
+    `synthetic`, when given, holds the generator's settings: `prepare_data` then writes synthetic MURA at
+    `root` on first use (root must end in MURA-v1.1).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        body_parts: str | Sequence[str],
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        val_fraction: float,
+        seed: int,
+        hflip_prob: float,
+        rotation_degrees: float,
+        in_chans: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        balanced_sampler: bool = False,
+        on_error: str = "raise",
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.body_parts = resolve_body_parts(body_parts)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.balanced_sampler = balanced_sampler
+        self.on_error = on_error
+        self.synthetic = dict(synthetic) if synthetic else None
+        transform_args = dict(
+            image_size=image_size,
+            hflip_prob=hflip_prob,
+            rotation_degrees=rotation_degrees,
+            in_chans=in_chans,
+            mean=mean,
+            std=std,
+        )
+        self.train_transform = RadiographTransform(train=True, **transform_args)
+        self.eval_transform = RadiographTransform(train=False, **transform_args)
+        self.index: MuraIndex | None = None
+        self.frame: pd.DataFrame | None = None
+        self.datasets: dict[str, MuraImageDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Generate synthetic MURA at `root` when configured and not there yet (runs on one process only)."""
+        if self.synthetic is None or self.root.exists():
+            return
+        if self.root.name != SYNTHETIC_FOLDER:
+            raise MuraDataError(f"data.root={self.root} must end in {SYNTHETIC_FOLDER} to generate synthetic MURA")
+        from mura_lightning.data.synthetic import generate_synthetic_mura
+
+        log.info("generating synthetic MURA at %s", self.root)
+        generate_synthetic_mura(self.root.parent, **self.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the tree, keep the chosen body parts, split by patient, build the four datasets (once)."""
+        if self.frame is not None:
+            return
+        self.index = build_index(self.root, on_error=self.on_error)
+        full = self.index.frame
+        full = full.assign(
+            image_id=range(len(full)),
+            study_id=pd.factorize(full["study"], sort=True)[0],
+        )
+        frame = select_body_parts(full, self.body_parts)
+        frame["subset"] = assign_subsets(frame, self.val_fraction, self.seed)
+        self.frame = frame
+        for subset in ("train", "val", "test"):
+            rows = frame[frame["subset"] == subset]
+            if rows.empty:
+                raise MuraDataError(f"the {subset} subset of {', '.join(self.body_parts)} under {self.root} is empty")
+            transform = self.train_transform if subset == "train" else self.eval_transform
+            self.datasets[subset] = MuraImageDataset(rows, transform, self.on_error)
+        log.info(
+            "MURA %s from %s: %s",
+            ", ".join(self.body_parts),
+            self.index.describe_source(),
+            ", ".join(f"{name} {len(data)} images" for name, data in self.datasets.items()),
+        )
+
+    @property
+    def class_counts(self) -> pd.DataFrame:
+        """Normal/abnormal image and study counts per body part on the train subset."""
+        self._require_setup()
+        return class_counts(self.frame[self.frame["subset"] == "train"])
+
+    def study_names(self) -> pd.Series:
+        """Study id -> study folder relative to the MURA root, for the studies of this selection."""
+        self._require_setup()
+        return self.frame.drop_duplicates("study_id").set_index("study_id")["study"].sort_index()
+
+    def image_table(self) -> pd.DataFrame:
+        """The selected index rows (path, split, subset, body part, patient, study, ids, label)."""
+        self._require_setup()
+        return self.frame
+
+    def _require_setup(self) -> None:
+        if self.frame is None:
+            raise RuntimeError("call setup() on the MURADataModule first")
+
+    def _loader(self, subset: str, train: bool) -> DataLoader:
+        dataset = self.datasets[subset]
+        sampler = self._balanced_sampler(dataset) if train and self.balanced_sampler else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_skipping_none,
+        )
+
+    def _balanced_sampler(self, dataset: MuraImageDataset) -> WeightedRandomSampler:
+        """Draws normal and abnormal images equally often."""
+        labels = dataset.labels.long()
+        per_class = torch.bincount(labels, minlength=2).clamp(min=1).float()
+        generator = torch.Generator().manual_seed(self.seed)
+        return WeightedRandomSampler(1.0 / per_class[labels], num_samples=len(dataset), generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

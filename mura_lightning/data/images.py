@@ -1,0 +1,44 @@
+"""Decoding radiograph files into one 8-bit grayscale channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mura_lightning.errors import MuraError
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+SIXTEEN_BIT_MAX = 65535
+
+
+class ImageDecodeError(MuraError, OSError):
+    """A file that cannot be decoded as an image, with its path."""
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """An (H, W) uint8 array of any PIL image: L, RGB, RGBA, palette, or 16-bit (scaled to 0-255, not clipped)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        return np.clip(np.rint(wide * (255.0 / SIXTEEN_BIT_MAX)), 0, 255).astype(np.uint8)
+    if image.mode == "L":
+        return np.array(image, dtype=np.uint8)
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        image = image.convert(image.mode[:-1])
+    return np.array(image.convert("L"), dtype=np.uint8)
+
+
+def read_grayscale(path: str | Path) -> np.ndarray:
+    """Decode an image file into an (H, W) uint8 array; an unreadable or truncated file raises ImageDecodeError."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_grayscale(image)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(
+            f"cannot decode image {path}: {err}. Replace or remove the file, or set data.on_error=skip "
+            "to leave it out with a warning."
+        ) from err
