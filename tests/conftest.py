@@ -23,12 +23,43 @@ def mura_root(tmp_path, studies) -> Path:
 
 
 def compose(config_name: str, overrides: list[str]):
-    """The project's config `config_name` composed with overrides, as a Hydra app would see it."""
+    """The project's config `config_name` composed with overrides, as a Hydra app would see it (the `hydra`
+    node is set in HydraConfig and left out of the returned config)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
     return cfg
+
+
+def tiny_run_overrides(root: Path, out: Path) -> list[str]:
+    """Overrides for a CPU training run of a few seconds on a small tree: 32 px, one epoch, no workers."""
+    return [
+        f"data.root={root}",
+        f"paths.root_dir={out}",
+        f"paths.output_dir={out}/run",
+        "bodypart=[shoulder,wrist]",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "data.val_fraction=0.3",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+
+
+def compose_run(root: Path, out: Path, *overrides: str):
+    """The train config for a tiny CPU run on `root`, writing into `out`/run."""
+    return compose("train", [*tiny_run_overrides(root, out), *overrides])

@@ -172,3 +172,18 @@ def test_selecting_parts_keeps_only_their_rows(mura_root):
     assert len(select_body_parts(frame, "all")) == len(frame)
     with pytest.raises(MuraDataError, match="no images of humerus in the index; it holds: shoulder, wrist"):
         select_body_parts(frame, "humerus")
+
+
+def test_csv_and_folder_indexes_agree_on_synthetic_mura(tmp_path):
+    from mura_lightning.data.synthetic import generate_synthetic_mura
+
+    root = generate_synthetic_mura(tmp_path, studies_per_part=4, seed=3, min_side=64, max_side=96, num_workers=1)
+    from_csv = build_index(root)
+    remove_csvs(root)
+    from_folders = build_index(root)
+    pd.testing.assert_frame_equal(from_folders.frame, from_csv.frame)
+    assert set(from_csv.frame["body_part"]) == set(BODY_PARTS)
+    assert (from_csv.source, from_folders.source) == (
+        {"train": "csv", "valid": "csv"},
+        {"train": "folders", "valid": "folders"},
+    )

@@ -1,0 +1,224 @@
+"""The synthetic MURA generator: layout, CSVs, patients, lesions, determinism, leakage, safety and CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from mura_lightning.data import synthetic
+from mura_lightning.data.synthetic import (
+    BODY_PARTS,
+    LESION_KINDS,
+    SyntheticDataError,
+    generate_synthetic_mura,
+    load_spec,
+    plan_studies,
+    render_image,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(min_side=120, max_side=200, num_workers=1)  # small images keep the tests fast
+OFFICIAL_CSVS = (
+    "train_image_paths.csv",
+    "train_labeled_studies.csv",
+    "valid_image_paths.csv",
+    "valid_labeled_studies.csv",
+)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A small synthetic tree: 5 studies per body part."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_mura(root, studies_per_part=5, seed=0, **SMALL)
+    return root
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def image_rows(tree: Path) -> list[str]:
+    return [row for split in ("train", "valid") for row in read_lines(tree / "MURA-v1.1" / f"{split}_image_paths.csv")]
+
+
+def study_rows(tree: Path) -> dict[str, int]:
+    rows = [
+        row for split in ("train", "valid") for row in read_lines(tree / "MURA-v1.1" / f"{split}_labeled_studies.csv")
+    ]
+    return {path: int(label) for path, label in (row.rsplit(",", 1) for row in rows)}
+
+
+def lesion_rows(tree: Path) -> list[dict[str, str]]:
+    header, *rows = read_lines(tree / "lesions.csv")
+    return [dict(zip(header.split(","), row.split(","), strict=True)) for row in rows]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def test_layout_is_the_official_one(tree):
+    assert sorted(p.name for p in tree.iterdir()) == ["MURA-v1.1", "lesions.csv"]
+    assert sorted(p.name for p in (tree / "MURA-v1.1").iterdir()) == sorted([*OFFICIAL_CSVS, "train", "valid"])
+    for path in image_rows(tree):
+        split, part, patient, study, image = path.split("/")[1:]
+        assert split in ("train", "valid") and part in {f"XR_{p.upper()}" for p in BODY_PARTS}
+        assert patient.startswith("patient") and len(patient) == len("patient") + 5
+        assert study.rsplit("_", 1)[1] in ("positive", "negative") and image.startswith("image")
+    on_disk = {str(p.relative_to(tree)) for p in (tree / "MURA-v1.1").rglob("*.png")}
+    assert on_disk == set(image_rows(tree))
+
+
+def test_csvs_are_headerless_and_consistent(tree):
+    for name in OFFICIAL_CSVS:
+        assert read_lines(tree / "MURA-v1.1" / name)[0].startswith("MURA-v1.1/")
+    studies = study_rows(tree)
+    assert all(path.endswith("/") for path in studies)
+    assert all(label == int(path.rstrip("/").endswith("_positive")) for path, label in studies.items())
+    images_per_study = defaultdict(list)
+    for path in image_rows(tree):
+        folder, image = path.rsplit("/", 1)
+        images_per_study[folder + "/"].append(image)
+    assert set(images_per_study) == set(studies)
+    for images in images_per_study.values():
+        assert 1 <= len(images) <= 4
+        assert sorted(images) == [f"image{n}.png" for n in range(1, len(images) + 1)]
+
+
+def test_images_are_grayscale_pngs_within_the_size_range(tree):
+    for path in image_rows(tree):
+        with Image.open(tree / path) as image:
+            assert image.format == "PNG" and image.mode == "L"
+            assert all(SMALL["min_side"] <= side <= SMALL["max_side"] for side in image.size)
+
+
+def test_lesions_sit_in_abnormal_studies_inside_the_image(tree):
+    lesions = lesion_rows(tree)
+    studies = study_rows(tree)
+    assert lesions, "a tree with abnormal studies has lesions"
+    for row in lesions:
+        assert row["path"] in set(image_rows(tree)) and row["kind"] in LESION_KINDS
+        assert studies[row["path"].rsplit("/", 1)[0] + "/"] == 1
+        x0, y0, x1, y1 = (int(row[k]) for k in ("x0", "y0", "x1", "y1"))
+        with Image.open(tree / row["path"]) as image:
+            width, height = image.size
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    lesioned_studies = {row["path"].rsplit("/", 1)[0] + "/" for row in lesions}
+    assert lesioned_studies == {path for path, label in studies.items() if label}
+
+
+def test_every_body_part_and_lesion_kind_renders_boxes_inside_the_image():
+    spec = load_spec(root="unused", studies_per_part=1, seed=0, **SMALL)
+    rng = np.random.default_rng(0)
+    for part in BODY_PARTS:
+        normal, none = render_image(part, rng, spec)
+        assert none == [] and normal.dtype == np.uint8
+        for kind in LESION_KINDS:
+            image, lesions = render_image(part, rng, spec, kind)
+            assert 1 <= len(lesions) <= spec.lesions_per_image[1]
+            for lesion in lesions:
+                x0, y0, x1, y1 = lesion.box
+                assert lesion.kind == kind and 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
+
+
+def test_patients_are_split_disjointly_and_numbered_train_first():
+    spec = load_spec(root="unused", studies_per_part=60, seed=3)
+    plans = plan_studies(spec)
+    patients = {split: {p.patient for p in plans if p.split == split} for split in ("train", "valid")}
+    assert not patients["train"] & patients["valid"]
+    assert max(patients["train"]) < min(patients["valid"])
+    assert all(sum(p.part == part for p in plans) == 60 for part in BODY_PARTS)
+    assert 0.1 < len(patients["valid"]) / (len(patients["train"]) + len(patients["valid"])) < 0.3
+    assert 0.3 < np.mean([p.label for p in plans]) < 0.5
+    by_patient = defaultdict(list)
+    for plan in plans:
+        by_patient[plan.patient].append(plan)
+    assert any(len({p.part for p in studies}) > 1 for studies in by_patient.values())
+    for studies in by_patient.values():
+        for part in {p.part for p in studies}:
+            assert sorted(p.number for p in studies if p.part == part) == list(
+                range(1, 1 + sum(p.part == part for p in studies))
+            )
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path, tree):
+    generate_synthetic_mura(tmp_path / "again", studies_per_part=5, seed=0, **{**SMALL, "num_workers": 2})
+    assert tree_digest(tmp_path / "again") == tree_digest(tree)
+
+
+def test_another_seed_gives_other_data(tmp_path, tree):
+    generate_synthetic_mura(tmp_path / "other", studies_per_part=5, seed=1, **SMALL)
+    assert tree_digest(tmp_path / "other") != tree_digest(tree)
+
+
+def test_whole_image_statistics_do_not_give_the_label_away(tmp_path):
+    root = generate_synthetic_mura(tmp_path, studies_per_part=18, seed=7, **SMALL)
+    paths = image_rows(tmp_path)
+    labels = [int("_positive/" in path) for path in paths]
+    pixels = [np.asarray(Image.open(root.parent / path), dtype=np.float32) for path in paths]
+    assert len(paths) >= 250
+    for name, statistic in (("mean", np.mean), ("max", np.max), ("p99", lambda a: np.percentile(a, 99))):
+        auc = roc_auc_score(labels, [statistic(a) for a in pixels])
+        assert max(auc, 1 - auc) < 0.75, f"{name} intensity alone gives AUROC {max(auc, 1 - auc):.2f}"
+
+
+def test_an_existing_tree_is_never_overwritten(tree):
+    before = tree_digest(tree)
+    with pytest.raises(SyntheticDataError, match=r"MURA-v1\.1 already exists; delete it"):
+        generate_synthetic_mura(tree, studies_per_part=2, seed=5, **SMALL)
+    assert tree_digest(tree) == before
+    assert sorted(p.name for p in tree.iterdir()) == ["MURA-v1.1", "lesions.csv"]
+
+
+def test_an_interrupted_run_leaves_no_tree(tmp_path, monkeypatch):
+    def broken_study(plan, spec, out_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "render_study", broken_study)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic_mura(tmp_path, studies_per_part=2, seed=0, **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_or_bad_settings_are_refused(tmp_path):
+    with pytest.raises(SyntheticDataError, match="bogus"):
+        generate_synthetic_mura(tmp_path, studies_per_part=2, seed=0, bogus=1)
+    with pytest.raises(SyntheticDataError, match="min_side"):
+        generate_synthetic_mura(tmp_path, studies_per_part=2, seed=0, min_side=300, max_side=200)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_api_defaults_come_from_the_yaml():
+    yaml = OmegaConf.load(REPO_ROOT / "conf" / "synthetic.yaml")
+    spec = load_spec(root="unused", studies_per_part=1, seed=0)
+    for key in ("abnormal_fraction", "valid_fraction", "max_side", "lesion_image_prob", "fracture_gap"):
+        assert OmegaConf.to_container(OmegaConf.create({key: yaml[key]}))[key] == getattr(spec, key)
+
+
+def run_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mura_lightning.data.synthetic", *overrides]
+    env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_writes_only_under_root(tmp_path):
+    overrides = (f"root={tmp_path / 'out'}", "studies_per_part=2", "seed=0", "max_side=200", "num_workers=1")
+    done = run_cli(tmp_path, *overrides)
+    assert done.returncode == 0, done.stderr
+    assert "synthetic MURA:" in done.stdout and "images/s" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["MURA-v1.1", "lesions.csv"]
+    again = run_cli(tmp_path, *overrides)
+    assert again.returncode == 2 and "already exists" in again.stderr
