@@ -20,9 +20,9 @@ $(INSTALLED): pyproject.toml
 test: $(INSTALLED)
 	$(PYTHON) -m pytest
 
+# Generates synthetic MURA into data/ on first use, trains DenseNet-169 from scratch on the CPU, tests it.
 demo: $(INSTALLED)
-	test -d data/synthetic-MURA/MURA-v1.1 || $(PYTHON) -m mura_lightning.data.synthetic root=data/synthetic-MURA studies_per_part=120 seed=0
-	$(PYTHON) -m mura_lightning.data.inspect data.root=data/synthetic-MURA/MURA-v1.1 $(DEMO_ARGS)
+	$(PYTHON) -m mura_lightning.train experiment=demo $(DEMO_ARGS)
 
 lint: $(INSTALLED)
 	$(PYTHON) -m ruff check .

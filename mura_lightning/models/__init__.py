@@ -1,0 +1,1 @@
+"""Models: torchvision backbones with one logit, the losses, and the LightningModule."""

@@ -1,0 +1,79 @@
+"""Losses on one logit per image: MURA's per-body-part weighted BCE, plain BCE, and focal loss."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from mura_lightning.data.index import BODY_PARTS
+from mura_lightning.errors import MuraError
+
+
+class MuraLoss(nn.Module):
+    """A loss of (logits, labels, body-part indices), each of shape (N,); mean over the batch."""
+
+    def set_class_counts(self, counts: pd.DataFrame) -> None:
+        """Receive the training class counts per body part (see `class_counts`); unused unless overridden."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, body_parts: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BCELoss(MuraLoss):
+    """Binary cross-entropy on the logit, every image weighted alike."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, body_parts: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class WeightedBCELoss(MuraLoss):
+    """The MURA paper's loss: for body part T, abnormal images weigh w1 = N_T / (A_T + N_T) and normal ones
+    w0 = A_T / (A_T + N_T), with A_T and N_T the abnormal and normal training images of T.
+
+    `weights` holds (w0, w1) per entry of BODY_PARTS. `set_class_counts` sets it from the training data each
+    time a run starts (a resumed run included), so it is not stored in checkpoints.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.full((len(BODY_PARTS), 2), float("nan")), persistent=False)
+
+    def set_class_counts(self, counts: pd.DataFrame) -> None:
+        """Compute (w0, w1) for each body part present in `counts` (images_normal, images_abnormal columns)."""
+        weights = torch.full((len(BODY_PARTS), 2), float("nan"))
+        for part, row in counts.iterrows():
+            total = row["images_normal"] + row["images_abnormal"]
+            if total == 0:
+                continue
+            weights[BODY_PARTS.index(part)] = torch.tensor(
+                [row["images_abnormal"] / total, row["images_normal"] / total], dtype=torch.float32
+            )
+        self.weights.copy_(weights)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, body_parts: torch.Tensor) -> torch.Tensor:
+        per_image = self.weights[body_parts, labels.long()]
+        if torch.isnan(per_image).any():
+            missing = sorted({BODY_PARTS[i] for i in body_parts[torch.isnan(per_image)].tolist()})
+            raise MuraError(
+                f"weighted_bce has no training counts for {', '.join(missing)}: set_class_counts must see every "
+                "body part it is used on (the module does this in setup from the datamodule's class_counts)"
+            )
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), weight=per_image)
+
+
+class FocalLoss(MuraLoss):
+    """Focal loss (Lin et al.) from torchvision: `alpha` weighs abnormal images (1 - alpha normal ones; a
+    negative alpha turns weighting off), `gamma` down-weights easy images."""
+
+    def __init__(self, alpha: float, gamma: float) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise MuraError(f"loss.gamma={gamma} must be >= 0")
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, body_parts: torch.Tensor) -> torch.Tensor:
+        return sigmoid_focal_loss(logits.float(), labels.float(), self.alpha, self.gamma, reduction="mean")

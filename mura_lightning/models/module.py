@@ -1,0 +1,126 @@
+"""MURAClassifier: one logit per radiograph, study-level scoring by aggregating image probabilities."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import nn
+
+from mura_lightning.errors import MuraError
+from mura_lightning.metrics import PredictionTable, StageMetrics
+from mura_lightning.models.backbones import build_backbone
+from mura_lightning.models.losses import BCELoss, MuraLoss
+
+log = logging.getLogger(__name__)
+
+EVAL_STAGES = ("val", "test")
+
+
+class NonFiniteLossError(MuraError):
+    """The training loss became NaN or infinite."""
+
+
+class MURAClassifier(LightningModule):
+    """A torchvision backbone with one logit, trained on images and scored per image and per study.
+
+    `backbone` holds `build_backbone`'s arguments; `preprocessing` (image_size, mean, std) travels with the
+    checkpoint so the model can be rebuilt and fed without the training config. `loss`, `optimizer` (a
+    partial taking `params`) and `scheduler` (a partial taking `optimizer`, with `scheduler_settings` such as
+    `monitor` and `interval`) are objects built from the config by Hydra.
+    """
+
+    def __init__(
+        self,
+        backbone: dict[str, Any],
+        preprocessing: dict[str, Any],
+        study_aggregation: str = "mean",
+        threshold: float = 0.5,
+        loss: MuraLoss | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_settings: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"], logger=False)
+        self.net = build_backbone(**backbone)
+        self.loss = loss if loss is not None else BCELoss()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_settings = dict(scheduler_settings or {})
+        self.study_aggregation = study_aggregation
+        self.stage_metrics = nn.ModuleDict({stage: StageMetrics(threshold) for stage in EVAL_STAGES})
+        self.last_predictions: dict[str, dict[str, PredictionTable]] = {}
+        self.last_metrics: dict[str, dict[str, float]] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """One logit per image, shape (N,)."""
+        return self.net(images).squeeze(1)
+
+    def setup(self, stage: str) -> None:
+        """Give the loss the training class counts of the datamodule (weighted BCE needs them, val loss too)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "class_counts"):
+            self.loss.set_class_counts(datamodule.class_counts)
+
+    def training_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:
+            return None
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["label"], batch["body_part"])
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
+                f"(batch {batch_idx}). Lower optimizer.lr, try trainer.precision=32, or check the data."
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor] | None, stage: str) -> None:
+        if batch is None:
+            return
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["label"], batch["body_part"])
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
+        probs = torch.sigmoid(logits.float())
+        self.stage_metrics[stage].update(probs, batch["label"], batch["study"], batch["body_part"], batch["image_id"])
+
+    def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per-image probabilities with the batch's ids and labels."""
+        probs = torch.sigmoid(self(batch["image"]).float())
+        return {"prob": probs, **{key: batch[key] for key in ("label", "study", "body_part", "image_id")}}
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metrics = self.stage_metrics[stage]
+        values, tables = metrics.compute(stage, self.study_aggregation)
+        metrics.reset()
+        self.last_metrics[stage] = values
+        self.last_predictions[stage] = tables
+        self.log_dict(values, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._eval_epoch_end("val")
+        else:
+            self.stage_metrics["val"].reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise MuraError("MURAClassifier was built without an optimizer; pass optimizer=partial(torch.optim.X)")
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = {"scheduler": self.scheduler_factory(optimizer=optimizer), **self.scheduler_settings}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

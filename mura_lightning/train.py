@@ -1,0 +1,172 @@
+"""`python -m mura_lightning.train [overrides]`: train, pick the best checkpoint, test it, write results.json."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from mura_lightning.data.index import resolve_body_parts
+from mura_lightning.errors import MuraError, instantiate
+from mura_lightning.hydra_ddp import distributed_job, safe_dirname
+from mura_lightning.io import write_json_atomic, write_text_atomic
+from mura_lightning.metrics import LEVELS
+from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
+
+log = logging.getLogger(__name__)
+
+OmegaConf.register_new_resolver("mura.dirname", safe_dirname, replace=True)
+
+RESULTS_FILE = "results.json"
+ERROR_FILE = "error.txt"
+HPARAM_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
+HPARAM_METRICS = ("accuracy", "auroc", "kappa")
+
+
+def build_model(cfg: DictConfig) -> MURAClassifier:
+    """The LightningModule from the model config, with the loss, optimizer and scheduler built from theirs."""
+    scheduler_cfg = cfg.get("scheduler") or {}
+    builder = scheduler_cfg.get("builder")
+    settings = {key: value for key, value in scheduler_cfg.items() if key != "builder" and value is not None}
+    return instantiate(
+        cfg.model,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(builder) if builder else None,
+        scheduler_settings=settings if builder else None,
+        _convert_="all",
+        _recursive_=False,
+    )
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that maps names to configs (callbacks, loggers)."""
+    return [instantiate(entry) for entry in (group or {}).values() if entry is not None]
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The run's settings worth comparing across runs, nested by group."""
+    chosen = OmegaConf.to_container(cfg, resolve=True)
+    params = {group: chosen.get(group) for group in HPARAM_GROUPS}
+    params["seed"] = cfg.seed
+    return params
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one level of `group/key` names; values TensorBoard cannot show become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def log_hyperparameters(loggers: list[Any], cfg: DictConfig) -> None:
+    """Log the settings; for TensorBoard also declare the final metrics so its HParams tab shows their values."""
+    params = hyperparameters(cfg)
+    metric_tags = [f"{stage}/{level}/{name}" for stage in EVAL_STAGES for level in LEVELS for name in HPARAM_METRICS]
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            writer = logger.experiment.file_writer
+            for summary in hparams_summary(flatten_params(params), dict.fromkeys(metric_tags, 0.0)):
+                writer.add_summary(summary)
+        else:
+            logger.log_hyperparams(params)
+
+
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    """Path of the best checkpoint kept by the ModelCheckpoint that monitors a metric, or None."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor and callback.best_model_path:
+            return callback.best_model_path
+    return None
+
+
+def run_description(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
+    """What the results belong to: backbone, body parts, checkpoint, run folder, overrides."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return {
+        "model": cfg.model.backbone.name,
+        "pretrained": bool(cfg.model.backbone.pretrained),
+        "body_parts": resolve_body_parts(cfg.data.body_parts),
+        "ckpt_path": ckpt_path,
+        "run_dir": cfg.paths.output_dir,
+        "seed": cfg.seed,
+        "overrides": overrides,
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then validate and test the best checkpoint; returns the flat results (also in <run>/results.json)."""
+    if not cfg.train and not cfg.ckpt_path:
+        raise MuraError("train=false needs ckpt_path=FILE: the checkpoint to test")
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg)
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
+    )
+    if trainer.is_global_zero:
+        log_hyperparameters(loggers, cfg)
+    ckpt_path = cfg.ckpt_path
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        ckpt_path = best_checkpoint(trainer) or None
+        if ckpt_path is None:
+            log.warning("no best checkpoint was kept; evaluating the weights at the end of training")
+    results: dict[str, Any] = {}
+    for run_stage in (trainer.validate, trainer.test) if cfg.test else (trainer.validate,):
+        for values in run_stage(model, datamodule=datamodule, ckpt_path=ckpt_path):
+            results.update(values)
+    results.update(run_description(cfg, ckpt_path))
+    if trainer.is_global_zero:
+        path = write_json_atomic(Path(cfg.paths.output_dir) / RESULTS_FILE, results)
+        log.info("results: %s", path)
+    return results
+
+
+def optimized_value(results: dict[str, Any], cfg: DictConfig) -> float:
+    """The value of `optimized_metric` in the results, for Hydra sweepers."""
+    if cfg.optimized_metric not in results:
+        metrics = ", ".join(sorted(key for key in results if "/" in key))
+        raise MuraError(f"optimized_metric={cfg.optimized_metric} was not measured; choose one of: {metrics}")
+    return float(results[cfg.optimized_metric])
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point. A failing job leaves <run>/error.txt; in a multirun the other jobs still run."""
+    try:
+        with distributed_job():
+            results = train(cfg)
+        value = optimized_value(results, cfg)
+    except Exception as err:
+        write_text_atomic(Path(cfg.paths.output_dir) / ERROR_FILE, "".join(traceback.format_exception(err)))
+        if isinstance(err, MuraError) and HydraConfig.get().mode != RunMode.MULTIRUN:
+            log.error("error: %s", err)
+            raise SystemExit(2) from err
+        raise
+    log.info(
+        "%s = %.4f; TensorBoard: make tensorboard (or tensorboard --logdir %s)",
+        cfg.optimized_metric,
+        value,
+        Path(cfg.paths.output_dir) / "tensorboard",
+    )
+    return value
+
+
+if __name__ == "__main__":
+    main()

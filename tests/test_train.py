@@ -1,0 +1,244 @@
+"""Training app: config composition, 1-epoch runs per backbone and precision, resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+
+import pytest
+import torch
+from conftest import REPO_ROOT, compose, compose_run, tiny_run_overrides
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mura_lightning.errors import MuraError
+from mura_lightning.models.backbones import PretrainedWeightsError
+from mura_lightning.models.module import NonFiniteLossError
+from mura_lightning.train import build_model, train
+
+GROUPS = [
+    "data",
+    "bodypart",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "debug",
+]
+CPU_TRAINERS = {"default", "cpu", "ddp_cpu"}
+
+
+def group_options():
+    for group in GROUPS:
+        for path in sorted((REPO_ROOT / "conf" / group).glob("*.yaml")):
+            yield group, path.stem
+
+
+@pytest.mark.parametrize(("group", "option"), list(group_options()))
+def test_every_config_option_composes_and_resolves(tmp_path, group, option):
+    cfg = compose("train", [f"{group}={option}", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert plain["model"]["backbone"]["name"] in ("densenet169", "resnet50")
+    assert plain["data"]["in_chans"] == plain["model"]["backbone"]["in_chans"]
+    if group == "loss":
+        instantiate(cfg.loss)
+    if group == "optimizer":
+        instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+    if group in ("callbacks", "logger"):
+        assert all(instantiate(entry) is not None for entry in cfg[group].values() if entry is not None)
+    if group == "trainer" and option in CPU_TRAINERS:
+        instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+
+
+def test_experiments_set_their_recipes(tmp_path):
+    paper = compose("train", ["experiment=paper", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
+    assert paper.model.backbone.name == "densenet169" and paper.model.backbone.pretrained
+    assert (paper.data.image_size, paper.data.batch_size, paper.data.rotation_degrees) == (320, 8, 30)
+    assert paper.optimizer.lr == 1e-4 and list(paper.optimizer.betas) == [0.9, 0.999]
+    assert paper.scheduler.builder.factor == 0.1 and paper.scheduler.monitor == "val/loss"
+    assert paper.loss._target_.endswith("WeightedBCELoss")
+    demo = compose("train", ["experiment=demo", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
+    assert demo.data.synthetic is not None and demo.data.image_size == 128
+    assert not demo.model.backbone.pretrained and demo.trainer.accelerator == "cpu"
+
+
+def read_results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["model=densenet169"], ["model=resnet50", "model.backbone.in_chans=1"], ["trainer.precision=bf16-mixed"]],
+    ids=["densenet169", "resnet50-gray", "bf16-mixed"],
+)
+def test_one_epoch_run_tests_the_best_checkpoint_and_writes_results(mura_root, tmp_path, overrides):
+    cfg = compose_run(mura_root, tmp_path, *overrides)
+    results = train(cfg)
+    run_dir = tmp_path / "run"
+    assert read_results(run_dir) == json.loads(json.dumps(results))
+    for key in ("val/study/kappa", "test/study/kappa", "test/study/auroc", "val/loss", "test/image/accuracy"):
+        assert isinstance(results[key], float)
+    assert results["model"] == cfg.model.backbone.name
+    assert results["body_parts"] == ["shoulder", "wrist"]
+    assert results["ckpt_path"].startswith(str(run_dir / "checkpoints" / "best-epoch"))
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_results_match_a_rerun_of_the_saved_checkpoint(mura_root, tmp_path):
+    results = train(compose_run(mura_root, tmp_path))
+    again = train(compose_run(mura_root, tmp_path / "again", "train=false", f"ckpt_path={results['ckpt_path']}"))
+    for key in ("test/study/kappa", "test/study/auroc", "test/image/accuracy", "val/study/kappa"):
+        assert again[key] == pytest.approx(results[key], abs=1e-6)
+
+
+def test_resume_restores_epoch_optimizer_and_scheduler(mura_root, tmp_path):
+    train(compose_run(mura_root, tmp_path / "first", "trainer.max_epochs=2", "test=false"))
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    probe = tmp_path / "probe.pt"
+    train(
+        compose_run(
+            mura_root,
+            tmp_path / "resumed",
+            f"ckpt_path={last}",
+            "trainer.max_epochs=3",
+            "test=false",
+            "+callbacks.probe._target_=fakes.ResumeProbe",
+            f"+callbacks.probe.path={probe}",
+        )
+    )
+    start = torch.load(probe, weights_only=True)
+    assert start["epoch"] == saved["epoch"] + 1 == 2
+    assert start["global_step"] == saved["global_step"] > 0
+    assert start["scheduler"] == saved["lr_schedulers"][0]
+    expected_optimizer = saved["optimizer_states"][0]
+    assert start["optimizer"]["param_groups"] == expected_optimizer["param_groups"]
+    for key, state in expected_optimizer["state"].items():
+        torch.testing.assert_close(start["optimizer"]["state"][key]["exp_avg"], state["exp_avg"])
+        torch.testing.assert_close(start["optimizer"]["state"][key]["step"], state["step"])
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(mura_root, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "mura_lightning.train",
+        *tiny_run_overrides(mura_root, tmp_path),
+        "trainer.max_epochs=1000",
+    ]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    try:
+        while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert last.exists(), "the run never wrote last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    results = train(
+        compose_run(mura_root, tmp_path / "resumed", f"ckpt_path={last}", f"trainer.max_epochs={saved['epoch'] + 2}")
+    )
+    assert (tmp_path / "resumed" / "run" / "results.json").is_file()
+    resumed_last = torch.load(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed_last["epoch"] == saved["epoch"] + 1
+    assert resumed_last["global_step"] > saved["global_step"]
+    assert "test/study/kappa" in results
+
+
+def test_nan_loss_stops_training_naming_the_step(mura_root, tmp_path):
+    cfg = compose_run(mura_root, tmp_path, "loss._target_=fakes.NaNLoss", "~loss.alpha", "~loss.gamma", "loss=focal")
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 0, global step 1 \(batch 1\)"):
+        train(cfg)
+
+
+def test_pretrained_offline_is_a_clear_error_not_random_weights(mura_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    cfg = compose_run(mura_root, tmp_path, "model.backbone.pretrained=true")
+    with pytest.raises(PretrainedWeightsError, match=str(tmp_path / "torch" / "hub" / "checkpoints")):
+        build_model(cfg)
+
+
+def test_testing_only_needs_a_checkpoint(mura_root, tmp_path):
+    with pytest.raises(MuraError, match="train=false needs ckpt_path=FILE"):
+        train(compose_run(mura_root, tmp_path, "train=false"))
+
+
+def run_cli(*args, cwd=REPO_ROOT, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "mura_lightning.train", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize(("override", "choice"), [("model=densenet121", "resnet50"), ("bodypart=knee", "shoulder")])
+def test_wrong_choice_lists_the_valid_ones(override, choice, tmp_path):
+    result = run_cli(override, f"paths.log_dir={tmp_path}")
+    assert result.returncode != 0
+    assert f"Could not find '{override.replace('=', '/')}'" in result.stderr
+    assert "Available options in" in result.stderr and choice in result.stderr
+
+
+def test_bad_value_is_a_one_line_error_with_exit_code_2(mura_root, tmp_path):
+    result = run_cli(*tiny_run_overrides(mura_root, tmp_path), "data.val_fraction=1.5")
+    assert result.returncode == 2
+    assert "error: data.val_fraction=1.5 must lie strictly between 0 and 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "run" / "error.txt").is_file()
+
+
+def multirun(root, tmp_path, *args):
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny_run_overrides(root, tmp_path) if not o.startswith(("paths.output_dir", "bodypart"))]
+    result = run_cli("-m", *overrides, f"paths.log_dir={tmp_path}/outputs", f"hydra.sweep.dir={sweep}", *args)
+    return result, sweep
+
+
+def job_dirs(sweep):
+    return sorted(path for path in sweep.iterdir() if path.is_dir())
+
+
+def test_multirun_over_body_parts_writes_one_folder_per_job(mura_root, tmp_path):
+    result, sweep = multirun(mura_root, tmp_path, "bodypart=shoulder,wrist")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_dirs(sweep)
+    assert [job.name.split(",")[0] for job in jobs] == ["0_bodypart=shoulder", "1_bodypart=wrist"]
+    assert [read_results(job)["body_parts"] for job in jobs] == [["shoulder"], ["wrist"]]
+
+
+def test_a_failing_job_is_reported_and_the_others_keep_their_results(mura_root, tmp_path):
+    result, sweep = multirun(mura_root, tmp_path, "bodypart=shoulder", "data.val_fraction=0.3,1.5")
+    assert result.returncode != 0
+    assert "data.val_fraction=1.5 must lie strictly between 0 and 1" in result.stderr
+    good, bad = job_dirs(sweep)
+    assert read_results(good)["body_parts"] == ["shoulder"]
+    assert not (bad / "results.json").exists()
+    assert "data.val_fraction=1.5" in (bad / "error.txt").read_text()
+
+
+def test_ddp_cpu_multirun_keeps_every_rank_in_its_job_folder(mura_root, tmp_path):
+    result, sweep = multirun(mura_root, tmp_path, "trainer=ddp_cpu", "bodypart=shoulder,wrist")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_dirs(sweep)
+    assert [job.name.split(",")[0] for job in jobs] == ["0_bodypart=shoulder", "1_bodypart=wrist"]
+    for job in jobs:
+        assert read_results(job)["test/study/kappa"] is not None
+        assert (job / "train_ddp_process_1.log").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["MURA-v1.1", "sweep"], "a rank started its own run"
+    assert len(job_dirs(sweep)) == 2
