@@ -1,5 +1,5 @@
 """Image- and study-level metrics: per-image predictions gathered across processes, grouped per study, scored
-with torchmetrics."""
+with torchmetrics, overall and per body part."""
 
 from __future__ import annotations
 
@@ -9,13 +9,46 @@ import pandas as pd
 import torch
 from torch import nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCohenKappa
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryAveragePrecision,
+    BinaryCohenKappa,
+    BinaryConfusionMatrix,
+    BinaryPrecisionRecallCurve,
+    BinaryROC,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.wrappers import ClasswiseWrapper
 
+from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
 
 LEVELS = ("image", "study")
 AGGREGATIONS = ("mean", "max")
+CLASS_NAMES = ("normal", "abnormal")
+THRESHOLD_METHODS = ("youden", "f1")
+METRIC_NAMES = (
+    "kappa",
+    "auroc",
+    "average_precision",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision_abnormal",
+    "recall_abnormal",
+    "f1_abnormal",
+    "precision_normal",
+    "recall_normal",
+    "f1_normal",
+    "true_negatives",
+    "false_positives",
+    "false_negatives",
+    "true_positives",
+)
 
 
 @dataclass
@@ -33,11 +66,16 @@ class PredictionTable:
         return len(self.probs)
 
     def to_frame(self) -> pd.DataFrame:
-        """The table as a DataFrame with columns prob, label, study, body_part, image_id."""
-        columns = {"probs": "prob", "labels": "label", "studies": "study", "body_parts": "body_part"}
-        return pd.DataFrame(
-            {columns.get(f.name, "image_id"): getattr(self, f.name).cpu().numpy() for f in fields(self)}
-        )
+        """The table as a DataFrame with columns prob, label, study, body_part (name), image_id."""
+        frame = pd.DataFrame({f.name: getattr(self, f.name).cpu().numpy() for f in fields(self)})
+        frame = frame.rename(columns={"probs": "prob", "labels": "label", "studies": "study", "image_ids": "image_id"})
+        frame["body_part"] = [BODY_PARTS[i] for i in frame.pop("body_parts")]
+        frame["label"] = frame["label"].astype("int64")
+        return frame
+
+    def select(self, mask: torch.Tensor) -> PredictionTable:
+        """The rows where `mask` is true."""
+        return PredictionTable(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
 
     def by_study(self, how: str) -> PredictionTable:
         """One row per study: the mean (or max) of its images' probabilities, its label and body part."""
@@ -63,7 +101,8 @@ class PredictionTable:
 
 class ImagePredictions(Metric):
     """Collects per-image predictions of one stage; `compute` returns them gathered from every process, each
-    image once (distributed samplers repeat images to even out the ranks), ordered by image id."""
+    image once (distributed samplers repeat images to even out the ranks), ordered by image id. States are
+    float32 (probabilities, labels) and int64 (ids), so bf16 runs and gloo all-gathers work."""
 
     full_state_update = False
     STATES = ("probs", "labels", "studies", "body_parts", "image_ids")
@@ -81,7 +120,7 @@ class ImagePredictions(Metric):
         body_parts: torch.Tensor,
         image_ids: torch.Tensor,
     ) -> None:
-        """Add a batch: probabilities and labels are stored as float32, the ids as int64."""
+        """Add a batch of per-image predictions."""
         self.probs.append(probs.detach().float().reshape(-1))
         self.labels.append(labels.detach().float().reshape(-1))
         self.studies.append(studies.detach().long().reshape(-1))
@@ -90,58 +129,140 @@ class ImagePredictions(Metric):
 
     def compute(self) -> PredictionTable:
         gathered = {name: dim_zero_cat(getattr(self, name)) for name in self.STATES}
-        image_ids, first = _first_occurrence(gathered["image_ids"])
+        first = _first_occurrences(gathered["image_ids"])
         return PredictionTable(**{name: values[first] for name, values in gathered.items()})
 
 
-def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted unique ids and, for each, the position of its first occurrence in `ids`."""
+def _first_occurrences(ids: torch.Tensor) -> torch.Tensor:
+    """For each distinct id in ascending order, the position of its first occurrence in `ids`."""
     unique, inverse = torch.unique(ids, return_inverse=True)
     positions = torch.arange(len(ids), device=ids.device)
     first = torch.full((len(unique),), len(ids), dtype=torch.long, device=ids.device)
-    first = first.scatter_reduce(0, inverse, positions, "amin")
-    return unique, first
+    return first.scatter_reduce(0, inverse, positions, "amin")
 
 
-def build_metric_collection(threshold: float) -> MetricCollection:
-    """Binary metrics on probabilities; no syncing across processes (they score already-gathered data)."""
-    options = {"sync_on_compute": False}
-    return MetricCollection(
-        {
-            "accuracy": BinaryAccuracy(threshold=threshold, **options),
-            "auroc": BinaryAUROC(**options),
-            "kappa": BinaryCohenKappa(threshold=threshold, **options),
-        }
+def _classwise(metric_class: type, name: str) -> ClasswiseWrapper:
+    return ClasswiseWrapper(
+        metric_class(num_classes=2, average=None, sync_on_compute=False), labels=list(CLASS_NAMES), prefix=f"{name}_"
     )
 
 
-class StageMetrics(nn.Module):
-    """The predictions and metric collections of one stage (val or test), at image and study level."""
+class BinaryScores(nn.Module):
+    """torchmetrics for one set of predictions: AUROC and average precision on probabilities; accuracy, Cohen's
+    kappa, per-class precision, recall and F1, and the confusion matrix on decisions (abnormal iff prob >
+    threshold). They do not sync across processes: they score predictions that are already gathered."""
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        options = {"sync_on_compute": False}
+        self.ranking = MetricCollection(
+            {"auroc": BinaryAUROC(**options), "average_precision": BinaryAveragePrecision(**options)},
+            compute_groups=False,
+        )
+        self.decisions = MetricCollection(
+            compute_groups=False,
+            metrics={
+                "accuracy": BinaryAccuracy(**options),
+                "kappa": BinaryCohenKappa(**options),
+                "precision": _classwise(MulticlassPrecision, "precision"),
+                "recall": _classwise(MulticlassRecall, "recall"),
+                "f1": _classwise(MulticlassF1Score, "f1"),
+            },
+        )
+        self.confusion = BinaryConfusionMatrix(**options)
+
+    def score(self, table: PredictionTable, threshold: float) -> dict[str, float]:
+        """Every metric of `table` at `threshold`, the confusion matrix as four counts; AUROC is NaN when only
+        one class is present."""
+        labels = table.labels.long()
+        decisions = (table.probs > threshold).long()
+        for metric in (self.ranking, self.decisions, self.confusion):
+            metric.reset()
+        self.ranking.update(table.probs, labels)
+        self.decisions.update(decisions, labels)
+        values = {name: float(value) for name, value in {**self.ranking.compute(), **self.decisions.compute()}.items()}
+        if labels.unique().numel() < 2:
+            values["auroc"] = float("nan")
+        values["average_precision"] += 0.0  # torchmetrics gives -0.0 when there is no positive
+        values["sensitivity"] = values["recall_abnormal"]
+        values["specificity"] = values["recall_normal"]
+        self.confusion.update(decisions, labels)
+        (tn, fp), (fn, tp) = self.confusion.compute().tolist()
+        values.update(true_negatives=tn, false_positives=fp, false_negatives=fn, true_positives=tp)
+        return values
+
+
+def tune_threshold(table: PredictionTable, method: str) -> float:
+    """The threshold (abnormal iff prob > threshold) that maximises Youden's J (sensitivity + specificity - 1)
+    or F1 of the abnormal class on `table`."""
+    if method not in THRESHOLD_METHODS:
+        raise MuraError(f"metrics.threshold_method={method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
+    labels = table.labels.long()
+    if labels.unique().numel() < 2:
+        raise MuraError("cannot tune a threshold on predictions of one class only; add data of both classes")
+    if method == "youden":
+        fpr, tpr, thresholds = BinaryROC(thresholds=None, sync_on_compute=False)(table.probs, labels)
+        best = thresholds[torch.argmax(tpr - fpr)]
+    else:
+        curve = BinaryPrecisionRecallCurve(thresholds=None, sync_on_compute=False)
+        precision, recall, thresholds = curve(table.probs, labels)
+        f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1]).clamp(min=1e-12)
+        best = thresholds[torch.argmax(f1)]
+    return _strictly_below(table.probs, float(best))
+
+
+def _strictly_below(probs: torch.Tensor, at_least: float) -> float:
+    """A threshold t with `p > t` exactly when `p >= at_least` for every p in probs: halfway to the next
+    lower probability (torchmetrics' curves count p >= t as positive; decisions here use p > t)."""
+    lower = probs[probs < at_least]
+    return (at_least + float(lower.max())) / 2 if len(lower) else at_least / 2
+
+
+class StageMetrics(nn.Module):
+    """The predictions and scores of one stage (val or test), at image and study level, overall and per body
+    part."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.predictions = ImagePredictions()
-        self.levels = nn.ModuleDict({level: build_metric_collection(threshold) for level in LEVELS})
+        self.scores = BinaryScores()
 
     def update(self, probs, labels, studies, body_parts, image_ids) -> None:
         """Add a batch of per-image predictions."""
         self.predictions.update(probs, labels, studies, body_parts, image_ids)
 
-    def compute(self, stage: str, aggregation: str) -> tuple[dict[str, float], dict[str, PredictionTable]]:
-        """Metric values named `{stage}/{level}/{metric}`, and the image and study prediction tables."""
+    def tables(self, aggregation: str) -> dict[str, PredictionTable]:
+        """The gathered image table and its study table."""
         images = self.predictions.compute()
-        tables = {"image": images, "study": images.by_study(aggregation)}
+        return {"image": images, "study": images.by_study(aggregation)}
+
+    def score(self, stage: str, tables: dict[str, PredictionTable], threshold: float) -> dict[str, float]:
+        """Metric values named `{stage}/{level}/{metric}` (all body parts together) and
+        `{stage}/{level}/{metric}/{body_part}` (each body part present)."""
         values = {}
         for level, table in tables.items():
-            collection = self.levels[level]
-            collection.reset()
-            collection.update(table.probs, table.labels.long())
-            for name, value in collection.compute().items():
-                values[f"{stage}/{level}/{name}"] = float(value)
-        return values, tables
+            for name, value in self.scores.score(table, threshold).items():
+                values[f"{stage}/{level}/{name}"] = value
+            for part in table.body_parts.unique().tolist():
+                subset = table.select(table.body_parts == part)
+                for name, value in self.scores.score(subset, threshold).items():
+                    values[f"{stage}/{level}/{name}/{BODY_PARTS[part]}"] = value
+        return values
 
     def reset(self) -> None:
         """Forget the collected predictions."""
         self.predictions.reset()
-        for collection in self.levels.values():
-            collection.reset()
+
+
+def metrics_by_body_part(values: dict[str, float], stage: str, level: str) -> pd.DataFrame:
+    """Rows: each body part with metrics, then `overall`; columns: the metrics of `{stage}/{level}/...`."""
+    prefix = f"{stage}/{level}/"
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in values.items():
+        if not key.startswith(prefix):
+            continue
+        name, _, part = key[len(prefix) :].partition("/")
+        rows.setdefault(part or "overall", {})[name] = value
+    order = [part for part in BODY_PARTS if part in rows] + ["overall"]
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(index=order, columns=list(METRIC_NAMES))
+    return table.rename_axis("body_part")

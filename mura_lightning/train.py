@@ -21,6 +21,7 @@ from mura_lightning.hydra_ddp import distributed_job, safe_dirname
 from mura_lightning.io import write_json_atomic, write_text_atomic
 from mura_lightning.metrics import LEVELS
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
+from mura_lightning.report import print_summary
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,8 @@ OmegaConf.register_new_resolver("mura.dirname", safe_dirname, replace=True)
 
 RESULTS_FILE = "results.json"
 ERROR_FILE = "error.txt"
-HPARAM_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
-HPARAM_METRICS = ("accuracy", "auroc", "kappa")
+HPARAM_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "metrics")
+HPARAM_METRICS = ("kappa", "auroc", "accuracy", "sensitivity", "specificity", "f1_abnormal")
 
 
 def build_model(cfg: DictConfig) -> MURAClassifier:
@@ -129,10 +130,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.warning("no best checkpoint was kept; evaluating the weights at the end of training")
     results: dict[str, Any] = {}
     for run_stage in (trainer.validate, trainer.test) if cfg.test else (trainer.validate,):
-        for values in run_stage(model, datamodule=datamodule, ckpt_path=ckpt_path):
+        for values in run_stage(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
             results.update(values)
     results.update(run_description(cfg, ckpt_path))
     if trainer.is_global_zero:
+        print_summary(results, "test" if cfg.test else "val")
         path = write_json_atomic(Path(cfg.paths.output_dir) / RESULTS_FILE, results)
         log.info("results: %s", path)
     return results

@@ -28,6 +28,7 @@ GROUPS = [
     "loss",
     "optimizer",
     "scheduler",
+    "metrics",
     "trainer",
     "callbacks",
     "logger",

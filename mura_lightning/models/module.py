@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from lightning import LightningModule
 from torch import nn
 
 from mura_lightning.errors import MuraError
-from mura_lightning.metrics import PredictionTable, StageMetrics
+from mura_lightning.metrics import LEVELS, THRESHOLD_METHODS, PredictionTable, StageMetrics, tune_threshold
 from mura_lightning.models.backbones import build_backbone
 from mura_lightning.models.losses import BCELoss, MuraLoss
 
@@ -24,13 +25,38 @@ class NonFiniteLossError(MuraError):
     """The training loss became NaN or infinite."""
 
 
+@dataclass(frozen=True)
+class MetricSettings:
+    """How predictions become decisions: the threshold, and whether to tune it on val (see conf/metrics)."""
+
+    threshold: float = 0.5
+    tune_threshold: bool = False
+    threshold_method: str = "youden"
+    threshold_level: str = "study"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise MuraError(f"metrics.threshold={self.threshold} must lie in [0, 1]")
+        if self.threshold_method not in THRESHOLD_METHODS:
+            raise MuraError(
+                f"metrics.threshold_method={self.threshold_method!r} is not one of {', '.join(THRESHOLD_METHODS)}"
+            )
+        if self.threshold_level not in LEVELS:
+            raise MuraError(f"metrics.threshold_level={self.threshold_level!r} is not one of {', '.join(LEVELS)}")
+
+
 class MURAClassifier(LightningModule):
     """A torchvision backbone with one logit, trained on images and scored per image and per study.
 
     `backbone` holds `build_backbone`'s arguments; `preprocessing` (image_size, mean, std) travels with the
     checkpoint so the model can be rebuilt and fed without the training config. `loss`, `optimizer` (a
     partial taking `params`) and `scheduler` (a partial taking `optimizer`, with `scheduler_settings` such as
-    `monitor` and `interval`) are objects built from the config by Hydra.
+    `monitor` and `interval`) are objects built from the config by Hydra. `metrics` holds MetricSettings: with
+    `tune_threshold`, each validation picks a threshold on its predictions; it is kept in the `tuned_threshold`
+    buffer (so checkpoints carry the threshold of their epoch) and applied to test.
+
+    After each validation and test epoch, `last_metrics[stage]` holds the logged values and
+    `last_predictions[stage]` the image and study prediction tables.
     """
 
     def __init__(
@@ -38,7 +64,7 @@ class MURAClassifier(LightningModule):
         backbone: dict[str, Any],
         preprocessing: dict[str, Any],
         study_aggregation: str = "mean",
-        threshold: float = 0.5,
+        metrics: dict[str, Any] | None = None,
         loss: MuraLoss | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -52,7 +78,9 @@ class MURAClassifier(LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_settings = dict(scheduler_settings or {})
         self.study_aggregation = study_aggregation
-        self.stage_metrics = nn.ModuleDict({stage: StageMetrics(threshold) for stage in EVAL_STAGES})
+        self.metric_settings = MetricSettings(**(metrics or {}))
+        self.register_buffer("tuned_threshold", torch.tensor(self.metric_settings.threshold))
+        self.stage_metrics = nn.ModuleDict({stage: StageMetrics() for stage in EVAL_STAGES})
         self.last_predictions: dict[str, dict[str, PredictionTable]] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
 
@@ -99,10 +127,21 @@ class MURAClassifier(LightningModule):
         probs = torch.sigmoid(self(batch["image"]).float())
         return {"prob": probs, **{key: batch[key] for key in ("label", "study", "body_part", "image_id")}}
 
+    def decision_threshold(self, stage: str) -> float:
+        """The threshold of a stage's decisions: the configured one for val, the tuned one (when tuning) for test."""
+        return float(self.tuned_threshold) if stage == "test" else self.metric_settings.threshold
+
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.stage_metrics[stage]
-        values, tables = metrics.compute(stage, self.study_aggregation)
+        tables = metrics.tables(self.study_aggregation)
         metrics.reset()
+        threshold = self.decision_threshold(stage)
+        values = metrics.score(stage, tables, threshold)
+        values[f"{stage}/threshold"] = threshold
+        if stage == "val" and self.metric_settings.tune_threshold:
+            tuned = tune_threshold(tables[self.metric_settings.threshold_level], self.metric_settings.threshold_method)
+            self.tuned_threshold.fill_(tuned)
+            values["val/tuned_threshold"] = tuned
         self.last_metrics[stage] = values
         self.last_predictions[stage] = tables
         self.log_dict(values, sync_dist=True)

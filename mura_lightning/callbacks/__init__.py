@@ -1,0 +1,1 @@
+"""Lightning callbacks: metric figures and tables, CAM heatmaps."""

@@ -1,0 +1,79 @@
+"""MetricsReport: confusion-matrix, ROC and precision-recall figures in TensorBoard, and the per-body-part table."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics.classification import BinaryConfusionMatrix, BinaryPrecisionRecallCurve, BinaryROC
+
+from mura_lightning.io import write_atomically
+from mura_lightning.metrics import CLASS_NAMES, LEVELS, PredictionTable, metrics_by_body_part
+
+log = logging.getLogger(__name__)
+
+TABLE_FILES = {"study": "metrics_by_bodypart.csv", "image": "metrics_by_bodypart_image.csv"}
+
+
+class MetricsReport(Callback):
+    """At the end of validation (every `every_n_epochs` epochs) and of testing, logs for each level a confusion
+    matrix, a ROC curve and a precision-recall curve as TensorBoard figures (`{stage}/{level}/confusion_matrix`,
+    `.../roc`, `.../pr`); at the end of testing writes `metrics_by_bodypart.csv` (study level) and
+    `metrics_by_bodypart_image.csv` into `output_dir`: one row per body part and one `overall`.
+
+    It reads what the MURAClassifier computed for the stage: `last_predictions` and `last_metrics`.
+    """
+
+    def __init__(self, output_dir: str, every_n_epochs: int = 1) -> None:
+        self.output_dir = Path(output_dir)
+        self.every_n_epochs = every_n_epochs
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or "val" not in pl_module.last_predictions:
+            return
+        if trainer.state.fn != "fit" or (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._log_figures(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if "test" not in pl_module.last_predictions:
+            return
+        self._log_figures(trainer, pl_module, "test")
+        if trainer.is_global_zero:
+            for level in LEVELS:
+                table = metrics_by_body_part(pl_module.last_metrics["test"], "test", level)
+                path = write_atomically(self.output_dir / TABLE_FILES[level], lambda tmp, t=table: t.to_csv(tmp))
+                log.info("per-body-part %s metrics: %s", level, path)
+
+    def _log_figures(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not writers or not trainer.is_global_zero:
+            return
+        threshold = pl_module.decision_threshold(stage)
+        for level, table in pl_module.last_predictions[stage].items():
+            for name, figure in figures(table, threshold, f"{stage} {level}").items():
+                for writer in writers:
+                    writer.add_figure(f"{stage}/{level}/{name}", figure, global_step=trainer.global_step)
+                plt.close(figure)
+
+
+def figures(table: PredictionTable, threshold: float, title: str) -> dict[str, plt.Figure]:
+    """Confusion matrix (at `threshold`), ROC and precision-recall figures of a prediction table, drawn by
+    torchmetrics. Runs on one process, so the metrics must not sync across processes."""
+    labels = table.labels.long()
+    local = {"sync_on_compute": False}
+    confusion = BinaryConfusionMatrix(**local)
+    confusion.update((table.probs > threshold).long(), labels)
+    plots = {"confusion_matrix": confusion.plot(labels=list(CLASS_NAMES))[0]}
+    for name, curve in (("roc", BinaryROC(**local)), ("pr", BinaryPrecisionRecallCurve(**local))):
+        curve.update(table.probs, labels)
+        plots[name] = curve.plot(score=True)[0]
+    for name, figure in plots.items():
+        figure.axes[0].set_title(f"{title}: {name.replace('_', ' ')}")
+    return plots
