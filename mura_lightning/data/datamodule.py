@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mura_lightning.data.dataset import MuraImageDataset, collate_skipping_none
+from mura_lightning.data.images import read_grayscale
 from mura_lightning.data.index import MuraDataError, MuraIndex, build_index, resolve_body_parts, select_body_parts
+from mura_lightning.data.lesions import read_lesion_boxes
 from mura_lightning.data.splits import assign_subsets, class_counts
 from mura_lightning.data.transforms import RadiographTransform
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC_FOLDER = "MURA-v1.1"
+
+
+@dataclass
+class EvalImages:
+    """Images prepared for evaluation: `pixels` (N, S, S) uint8, `inputs` (N, C, S, S) normalised, and each
+    original (height, width)."""
+
+    pixels: np.ndarray
+    inputs: torch.Tensor
+    sizes: list[tuple[int, int]]
 
 
 class MURADataModule(LightningDataModule):
@@ -128,6 +142,23 @@ class MURADataModule(LightningDataModule):
         """The selected index rows (path, split, subset, body part, patient, study, ids, label)."""
         self._require_setup()
         return self.frame
+
+    def lesion_boxes(self) -> pd.DataFrame | None:
+        """Lesion boxes of the tree (synthetic MURA's lesions.csv), or None when it has none."""
+        return read_lesion_boxes(self.root)
+
+    def load_eval_images(self, image_ids: Sequence[int]) -> EvalImages:
+        """The images of these ids as the model sees them in evaluation, with their resized uint8 pixels and
+        original sizes (for drawing and for scaling boxes)."""
+        self._require_setup()
+        paths = self.frame.set_index("image_id").loc[list(image_ids), "path"]
+        grays = [read_grayscale(path) for path in paths]
+        resized = [self.eval_transform.resize(gray) for gray in grays]
+        return EvalImages(
+            pixels=torch.cat(resized).numpy(),
+            inputs=torch.stack([self.eval_transform.normalize(image) for image in resized]),
+            sizes=[gray.shape for gray in grays],
+        )
 
     def _require_setup(self) -> None:
         if self.frame is None:

@@ -25,14 +25,11 @@ class BackboneSpec:
     weights_enum: type[models.WeightsEnum]
     first_conv: str
     classifier: str
-    cam_layer: str
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "densenet169": BackboneSpec(
-        models.densenet169, models.DenseNet169_Weights, "features.conv0", "classifier", "features.norm5"
-    ),
-    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, "conv1", "fc", "layer4.2"),
+    "densenet169": BackboneSpec(models.densenet169, models.DenseNet169_Weights, "features.conv0", "classifier"),
+    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, "conv1", "fc"),
 }
 
 # Old DenseNet checkpoints name layers `norm.1`; torchvision renames them to `norm1` when it loads them.

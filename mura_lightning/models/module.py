@@ -49,7 +49,8 @@ class MURAClassifier(LightningModule):
     """A torchvision backbone with one logit, trained on images and scored per image and per study.
 
     `backbone` holds `build_backbone`'s arguments; `preprocessing` (image_size, mean, std) travels with the
-    checkpoint so the model can be rebuilt and fed without the training config. `loss`, `optimizer` (a
+    checkpoint so the model can be rebuilt and fed without the training config; `cam_layer` names the layer of
+    the backbone that class activation maps use. `loss`, `optimizer` (a
     partial taking `params`) and `scheduler` (a partial taking `optimizer`, with `scheduler_settings` such as
     `monitor` and `interval`) are objects built from the config by Hydra. `metrics` holds MetricSettings: with
     `tune_threshold`, each validation picks a threshold on its predictions; it is kept in the `tuned_threshold`
@@ -65,6 +66,7 @@ class MURAClassifier(LightningModule):
         preprocessing: dict[str, Any],
         study_aggregation: str = "mean",
         metrics: dict[str, Any] | None = None,
+        cam_layer: str | None = None,
         loss: MuraLoss | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -73,6 +75,7 @@ class MURAClassifier(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"], logger=False)
         self.net = build_backbone(**backbone)
+        self.cam_layer = cam_layer
         self.loss = loss if loss is not None else BCELoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -83,6 +86,15 @@ class MURAClassifier(LightningModule):
         self.stage_metrics = nn.ModuleDict({stage: StageMetrics() for stage in EVAL_STAGES})
         self.last_predictions: dict[str, dict[str, PredictionTable]] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
+
+    def cam_target_layer(self) -> nn.Module:
+        """The layer of `net` whose activations class activation maps are made of (`cam_layer` in the config)."""
+        if not self.cam_layer:
+            raise MuraError("model.cam_layer is not set: name the backbone layer for CAMs, e.g. features.norm5")
+        try:
+            return self.net.get_submodule(self.cam_layer)
+        except AttributeError as err:
+            raise MuraError(f"model.cam_layer={self.cam_layer!r} is not a layer of the backbone: {err}") from err
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """One logit per image, shape (N,)."""

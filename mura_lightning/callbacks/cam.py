@@ -1,0 +1,168 @@
+"""CAMCallback: Grad-CAM heatmaps of a fixed sample of radiographs in TensorBoard, and localisation scores."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
+
+from mura_lightning.explain import Box, box_area, box_iou, compute_cams, overlay, pointing_game, preserved_state
+from mura_lightning.metrics import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+CAPTION_HEIGHT = 14
+MIN_TILE_SIZE = 128
+BOX_COLOUR = (0, 255, 0)
+
+
+class CAMCallback(Callback):
+    """Every `every_n_epochs` validation epochs and at the end of testing, on rank 0: CAMs (grad-cam `method`
+    on the model's `cam_layer`, target the abnormal logit) of a fixed sample of `num_images` images of the
+    stage, half normal and half abnormal, spread over body parts, drawn as one grid under the TensorBoard
+    tag `{stage}/cam` (each tile captioned with body part, label and predicted probability; lesion boxes
+    outlined where known).
+
+    When the data has lesion boxes (synthetic MURA), it also logs `{stage}/cam/pointing_game` (share of
+    abnormal images whose CAM maximum lies in a lesion box), `{stage}/cam/iou` (IoU of the CAM above
+    `iou_threshold` with the boxes) and `{stage}/cam/box_area` (the boxes' share of the image: the pointing
+    game's chance level), over up to `localisation_images` lesion images; and `{stage}/cam/seconds`.
+    """
+
+    def __init__(
+        self,
+        method: str = "GradCAM",
+        num_images: int = 16,
+        every_n_epochs: int = 1,
+        localisation_images: int = 64,
+        iou_threshold: float = 0.5,
+        image_weight: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.method = method
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self.localisation_images = localisation_images
+        self.iou_threshold = iou_threshold
+        self.image_weight = image_weight
+        self.seed = seed
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        fitting = trainer.state.fn == "fit"
+        if trainer.sanity_checking or (fitting and (trainer.current_epoch + 1) % self.every_n_epochs):
+            return
+        self._explain(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._explain(trainer, pl_module, "test")
+
+    def _explain(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        started = time.perf_counter()
+        datamodule = trainer.datamodule
+        rows = datamodule.image_table()
+        rows = rows[rows["subset"] == stage]
+        boxes = _boxes_by_path(datamodule.lesion_boxes())
+        sample = choose_sample(rows, self.num_images, self.seed, boxes)
+        cams, probs, images = self._cams(pl_module, datamodule, sample["image_id"])
+        image_boxes = _boxes_on_grid(boxes, sample["path"], images.sizes, cams.shape[1:])
+        grid = self._grid(images.pixels, cams, sample, probs, image_boxes)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(f"{stage}/cam", grid, global_step=trainer.global_step)
+        values = {f"{stage}/cam/seconds": time.perf_counter() - started}
+        if boxes:
+            values.update(self._localisation(pl_module, datamodule, rows, boxes, stage))
+        pl_module.log_dict(values, rank_zero_only=True)
+
+    def _cams(self, pl_module, datamodule, image_ids):
+        images = datamodule.load_eval_images(list(image_ids))
+        cams = compute_cams(pl_module.net, pl_module.cam_target_layer(), images.inputs, self.method)
+        with torch.no_grad(), preserved_state(pl_module):
+            pl_module.eval()
+            probs = torch.sigmoid(pl_module(images.inputs.to(pl_module.device)).float()).cpu().numpy()
+        return cams, probs, images
+
+    def _localisation(self, pl_module, datamodule, rows: pd.DataFrame, boxes: dict, stage: str) -> dict[str, float]:
+        lesion_rows = rows[rows["path"].isin(boxes)].sort_values("image_id")
+        chosen = lesion_rows.sample(min(len(lesion_rows), self.localisation_images), random_state=self.seed)
+        if chosen.empty:
+            return {}
+        images = datamodule.load_eval_images(list(chosen["image_id"]))
+        cams = compute_cams(pl_module.net, pl_module.cam_target_layer(), images.inputs, self.method)
+        scaled = _boxes_on_grid(boxes, chosen["path"], images.sizes, cams.shape[1:])
+        return {
+            f"{stage}/cam/pointing_game": pointing_game(cams, scaled),
+            f"{stage}/cam/iou": box_iou(cams, scaled, self.iou_threshold),
+            f"{stage}/cam/box_area": box_area(scaled, cams.shape[1:]),
+        }
+
+    def _grid(self, pixels, cams, sample: pd.DataFrame, probs, image_boxes) -> torch.Tensor:
+        tiles = []
+        rows = sample.itertuples(index=False)
+        for gray, cam, row, prob, tile_boxes in zip(pixels, cams, rows, probs, image_boxes, strict=True):
+            caption = f"{row.body_part} {CLASS_NAMES[int(row.label)]} p={prob:.2f}"
+            tiles.append(_tile(overlay(gray, cam, self.image_weight), tile_boxes, caption))
+        return make_grid(torch.stack(tiles), nrow=int(np.ceil(np.sqrt(len(tiles)))), padding=2)
+
+
+def choose_sample(rows: pd.DataFrame, count: int, seed: int, boxes: dict | None = None) -> pd.DataFrame:
+    """A reproducible sample of `count` images: half abnormal (those with lesion boxes when known), half
+    normal, each half taken in turn from the body parts in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label, share in ((1, count - count // 2), (0, count // 2)):
+        pool = rows[rows["label"] == label]
+        if label == 1 and boxes:
+            pool = pool[pool["path"].isin(boxes)]
+        queues = {
+            part: list(group["image_id"].to_numpy()[rng.permutation(len(group))])
+            for part, group in pool.sort_values("image_id").groupby("body_part")
+        }
+        while share and any(queues.values()):
+            for queue in queues.values():
+                if queue and share:
+                    picked.append(queue.pop(0))
+                    share -= 1
+    return rows.set_index("image_id").loc[picked].reset_index()
+
+
+def _boxes_by_path(boxes: pd.DataFrame | None) -> dict[str, list[Box]]:
+    if boxes is None:
+        return {}
+    grouped: dict[str, list[Box]] = {}
+    for row in boxes.itertuples(index=False):
+        grouped.setdefault(row.path, []).append((row.x0, row.y0, row.x1, row.y1))
+    return grouped
+
+
+def _boxes_on_grid(boxes: dict, paths, sizes, shape: tuple[int, int]) -> list[list[Box]]:
+    """Each image's boxes, from its original (height, width) to the CAM's (height, width)."""
+    scaled = []
+    for path, (height, width) in zip(paths, sizes, strict=True):
+        sy, sx = shape[0] / height, shape[1] / width
+        scaled.append([(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes.get(path, [])])
+    return scaled
+
+
+def _tile(picture: np.ndarray, boxes: list[Box], caption: str) -> torch.Tensor:
+    """A (3, H, W) uint8 tile: the overlay (enlarged to at least MIN_TILE_SIZE), box outlines, a caption."""
+    size = max(MIN_TILE_SIZE, picture.shape[0])
+    scale = size / picture.shape[0]
+    image = Image.fromarray(picture).resize((size, size), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (size, size + CAPTION_HEIGHT))
+    canvas.paste(image, (0, CAPTION_HEIGHT))
+    draw = ImageDraw.Draw(canvas)
+    for x0, y0, x1, y1 in boxes:
+        outline = [x0 * scale, y0 * scale + CAPTION_HEIGHT, x1 * scale, y1 * scale + CAPTION_HEIGHT]
+        draw.rectangle(outline, outline=BOX_COLOUR)
+    draw.text((2, 1), caption, fill=(255, 255, 255), font=ImageFont.load_default())
+    return torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1)
