@@ -114,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.train and not cfg.ckpt_path:
         raise MuraError("train=false needs ckpt_path=FILE: the checkpoint to test")
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     model = build_model(cfg)
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(

@@ -65,6 +65,7 @@ class MURADataModule(LightningDataModule):
         synthetic: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(logger=False)
         self.root = Path(root).expanduser()
         self.body_parts = resolve_body_parts(body_parts)
         self.batch_size = batch_size

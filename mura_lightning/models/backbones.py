@@ -123,19 +123,24 @@ def _to_grayscale_input(model: nn.Module, conv_name: str) -> None:
     _replace(model, conv_name, gray)
 
 
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """How `given` differs from the keys and shapes of `expected`, as a short sentence; None when it fits."""
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    misshapen = sorted(k for k in expected.keys() & given.keys() if expected[k].shape != given[k].shape)
+    details = [
+        f"{len(keys)} {what} (e.g. {', '.join(keys[:SHOWN_KEYS])})"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen))
+        if keys
+    ]
+    return f"{'; '.join(details)} keys" if details else None
+
+
 def _load_exactly(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
     """Load every weight of `state` into `model`; keys or shapes that do not match are a PretrainedWeightsError."""
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    misshapen = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
-    if missing or unexpected or misshapen:
-        details = [
-            f"{len(keys)} {what} (e.g. {', '.join(keys[:SHOWN_KEYS])})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen))
-            if keys
-        ]
-        raise PretrainedWeightsError(f"the ImageNet weights do not fit {name}: {'; '.join(details)} keys")
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise PretrainedWeightsError(f"the ImageNet weights do not fit {name}: {mismatch}")
     model.load_state_dict(state)
 
 

@@ -11,6 +11,7 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
+from mura_lightning.data.transforms import RadiographTransform
 from mura_lightning.errors import MuraError
 from mura_lightning.metrics import LEVELS, THRESHOLD_METHODS, PredictionTable, StageMetrics, tune_threshold
 from mura_lightning.models.backbones import build_backbone
@@ -86,6 +87,19 @@ class MURAClassifier(LightningModule):
         self.stage_metrics = nn.ModuleDict({stage: StageMetrics() for stage in EVAL_STAGES})
         self.last_predictions: dict[str, dict[str, PredictionTable]] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
+
+    def eval_transform(self) -> RadiographTransform:
+        """The preprocessing this model was trained with, without augmentation: uint8 radiograph -> input."""
+        preprocessing = self.hparams["preprocessing"]
+        return RadiographTransform(
+            image_size=preprocessing["image_size"],
+            train=False,
+            hflip_prob=0.0,
+            rotation_degrees=0.0,
+            in_chans=self.hparams["backbone"]["in_chans"],
+            mean=preprocessing["mean"],
+            std=preprocessing["std"],
+        )
 
     def cam_target_layer(self) -> nn.Module:
         """The layer of `net` whose activations class activation maps are made of (`cam_layer` in the config)."""

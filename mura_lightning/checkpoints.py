@@ -1,0 +1,61 @@
+"""Loading trained MURAClassifier checkpoints safely: tensors and plain data only, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mura_lightning.errors import MuraError
+from mura_lightning.models.backbones import state_dict_mismatch
+from mura_lightning.models.module import MURAClassifier
+
+
+class CheckpointError(MuraError):
+    """A checkpoint that is missing, damaged, or not one this project wrote."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint file's contents, loaded with `weights_only=True` (no code from the pickle runs)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path} does not exist; pass a .ckpt from <run>/checkpoints/")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is damaged (cut off while copying?) or holds objects that are "
+            f"not plain data ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a mura-lightning checkpoint (it has no model hyperparameters)")
+    return checkpoint
+
+
+def load_classifier(path: str | Path, expected_backbone: str | None = None) -> MURAClassifier:
+    """The MURAClassifier of a checkpoint, rebuilt from its saved hyperparameters (without downloading
+    ImageNet weights) and its weights, in eval mode on the CPU.
+
+    `expected_backbone`, when given, must be the checkpoint's backbone. Weights that do not fit the saved
+    backbone are a CheckpointError naming the keys, not a torch traceback.
+    """
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint["hyper_parameters"])
+    name = hparams["backbone"].get("name")
+    if expected_backbone is not None and name != expected_backbone:
+        raise CheckpointError(f"{path} holds a {name} model, not the {expected_backbone} asked for")
+    hparams["backbone"] = {**hparams["backbone"], "pretrained": False}
+    model = MURAClassifier(**hparams)
+    state = checkpoint["state_dict"]
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"the weights in {path} do not fit its {name} model: {mismatch}")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def datamodule_settings(path: str | Path) -> dict[str, Any]:
+    """The MURADataModule arguments a checkpoint was trained with (empty for checkpoints without them)."""
+    return dict(read_checkpoint(path).get("datamodule_hyper_parameters") or {})

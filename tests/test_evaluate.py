@@ -1,0 +1,218 @@
+"""Evaluate and predict: the same numbers as training, the official submission format, every input kind, and
+clear errors for bad checkpoints and inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO_ROOT, compose, compose_run
+from PIL import Image
+from sklearn.metrics import cohen_kappa_score
+
+from mura_lightning.checkpoints import CheckpointError, load_classifier
+from mura_lightning.errors import MuraError
+from mura_lightning.evaluate import evaluate
+from mura_lightning.metrics import METRIC_NAMES
+from mura_lightning.predict import predict
+from mura_lightning.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny tree and two checkpoints trained on it (DenseNet-169, ResNet-50 with one input channel)."""
+    from mura_trees import standard_studies, write_tree
+
+    tmp = tmp_path_factory.mktemp("trained")
+    root = write_tree(tmp, standard_studies())
+    densenet = train(compose_run(root, tmp / "densenet"))
+    resnet = train(compose_run(root, tmp / "resnet", "model=resnet50", "model.backbone.in_chans=1"))
+    return root, densenet, resnet
+
+
+def run_evaluate(tmp_path, *overrides):
+    cfg = compose(
+        "evaluate",
+        [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/eval", "data.num_workers=0", *overrides],
+    )
+    return evaluate(cfg), tmp_path / "eval"
+
+
+def test_evaluate_reproduces_the_training_runs_test_metrics(trained, tmp_path):
+    _, results, _ = trained
+    values, out = run_evaluate(tmp_path, f"ckpt_path={results['ckpt_path']}")
+    compared = [f"test/{level}/{name}" for level in ("image", "study") for name in METRIC_NAMES]
+    compared += [f"test/study/{name}/{part}" for name in METRIC_NAMES for part in ("shoulder", "wrist")]
+    for key in compared:
+        assert values[key] == pytest.approx(results[key], abs=1e-5, nan_ok=True), key
+    assert json.loads((out / "results.json").read_text())["test/study/kappa"] == values["test/study/kappa"]
+    table = pd.read_csv(out / "metrics_by_bodypart.csv", index_col="body_part")
+    assert list(table.index) == ["shoulder", "wrist", "overall"]
+    assert {"kappa", "auroc", "accuracy", "sensitivity", "specificity", "f1_abnormal", "f1_normal"} <= set(table)
+    images = pd.read_csv(out / "predictions_images.csv")
+    assert list(images.columns) == ["path", "body_part", "study", "label", "prob"]
+    studies = pd.read_csv(out / "predictions_studies.csv")
+    assert list(studies.columns) == ["study", "body_part", "label", "prob", "pred"]
+    expected = images.groupby("study")["prob"].mean()
+    np.testing.assert_allclose(studies.set_index("study")["prob"].loc[expected.index], expected, atol=1e-6)
+    for figure in ("confusion_matrix.png", "roc.png"):
+        assert Image.open(out / figure).size[0] > 100
+
+
+def test_the_submission_file_scores_to_the_reported_kappa(trained, tmp_path):
+    root, results, _ = trained
+    values, out = run_evaluate(tmp_path, f"ckpt_path={results['ckpt_path']}")
+    rows = [line.rsplit(",", 1) for line in (out / "submission.csv").read_text().splitlines()]
+    assert all(path.startswith("MURA-v1.1/valid/") and path.endswith("/") for path, _ in rows)
+    truth = dict(line.rsplit(",", 1) for line in (root / "valid_labeled_studies.csv").read_text().splitlines())
+    labels = [int(truth[path]) for path, _ in rows]
+    predicted = [int(label) for _, label in rows]
+    assert cohen_kappa_score(labels, predicted) == pytest.approx(values["test/study/kappa"], abs=1e-6, nan_ok=True)
+
+
+def test_an_ensemble_averages_image_probabilities(trained, tmp_path):
+    _, densenet, resnet = trained
+    singles = []
+    for name, results in (("a", densenet), ("b", resnet)):
+        _, out = run_evaluate(tmp_path / name, f"ckpt_path={results['ckpt_path']}")
+        singles.append(pd.read_csv(out / "predictions_images.csv").set_index("path")["prob"])
+    values, out = run_evaluate(tmp_path / "both", f"ckpt_path=[{densenet['ckpt_path']},{resnet['ckpt_path']}]")
+    both = pd.read_csv(out / "predictions_images.csv").set_index("path")["prob"]
+    np.testing.assert_allclose(
+        both.loc[singles[0].index], (singles[0] + singles[1].loc[singles[0].index]) / 2, atol=1e-6
+    )
+    assert values["models"] == ["densenet169", "resnet50"]
+
+
+def test_evaluating_one_body_part(trained, tmp_path):
+    _, results, _ = trained
+    values, out = run_evaluate(tmp_path, f"ckpt_path={results['ckpt_path']}", "bodypart=wrist")
+    assert values["body_parts"] == ["wrist"]
+    assert set(pd.read_csv(out / "predictions_studies.csv")["body_part"]) == {"wrist"}
+
+
+def damaged_copies(ckpt_path, tmp_path):
+    whole = Path(ckpt_path).read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(whole[: len(whole) // 3])
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.ckpt")
+    checkpoint = torch.load(ckpt_path, weights_only=True)
+    checkpoint["hyper_parameters"]["backbone"]["name"] = "resnet50"
+    torch.save(checkpoint, tmp_path / "other_backbone.ckpt")
+    checkpoint["hyper_parameters"]["backbone"]["name"] = "densenet169"
+    checkpoint["hyper_parameters"]["pickled"] = np.random.default_rng(0)  # not plain data: refused by weights_only
+    torch.save(checkpoint, tmp_path / "pickled.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing.ckpt", "does not exist"),
+        ("cut.ckpt", "cannot read checkpoint .*cut.ckpt: it is damaged"),
+        ("foreign.ckpt", "is not a mura-lightning checkpoint"),
+        ("other_backbone.ckpt", "the weights in .* do not fit its resnet50 model: .* missing"),
+        ("pickled.ckpt", "holds objects that are not plain data"),
+    ],
+)
+def test_bad_checkpoints_are_clear_errors(trained, tmp_path, name, message):
+    damaged_copies(trained[1]["ckpt_path"], tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        load_classifier(tmp_path / name)
+
+
+def test_a_checkpoint_of_another_backbone_than_expected_is_refused(trained):
+    with pytest.raises(CheckpointError, match="holds a densenet169 model, not the resnet50 asked for"):
+        load_classifier(trained[1]["ckpt_path"], expected_backbone="resnet50")
+
+
+def test_evaluate_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mura_lightning.evaluate",
+            f"ckpt_path={tmp_path}/junk.ckpt",
+            f"hydra.run.dir={tmp_path}/e",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert finished.returncode == 2
+    assert "error: cannot read checkpoint" in finished.stderr and "Traceback" not in finished.stderr
+
+
+def run_predict(tmp_path, ckpt_path, source, *overrides):
+    cfg = compose(
+        "predict", [f"ckpt_path={ckpt_path}", f"input={source}", f"output={tmp_path}/pred", "num_workers=0", *overrides]
+    )
+    return predict(cfg), tmp_path / "pred"
+
+
+@pytest.fixture(scope="module")
+def reference_probs(trained, tmp_path_factory):
+    """Image probabilities of the DenseNet checkpoint on the valid split, as evaluate computes them."""
+    tmp = tmp_path_factory.mktemp("reference")
+    _, out = run_evaluate(tmp, f"ckpt_path={trained[1]['ckpt_path']}")
+    return pd.read_csv(out / "predictions_images.csv").set_index("path")["prob"]
+
+
+def image_rows(table):
+    return table[table["level"] == "image"]
+
+
+@pytest.mark.parametrize("kind", ["image", "study", "studies", "csv"])
+def test_predict_each_input_kind_gives_the_evaluation_probabilities(trained, reference_probs, tmp_path, kind):
+    root, results, _ = trained
+    study = root / "valid/XR_WRIST/patient00026/study1_positive"
+    source = {
+        "image": study / "image1.png",
+        "study": study,
+        "studies": root / "valid",
+        "csv": root / "valid_image_paths.csv",
+    }[kind]
+    table, out = run_predict(tmp_path, results["ckpt_path"], source)
+    images = image_rows(table)
+    assert len(images) == {"image": 1, "study": 2, "studies": len(reference_probs), "csv": len(reference_probs)}[kind]
+    names_are_relative_to = {"image": study.parent, "study": study.parent, "studies": root, "csv": root.parent}[kind]
+    for name, prob in zip(images["path"], images["prob"], strict=True):
+        full = str(names_are_relative_to / name)
+        assert prob == pytest.approx(reference_probs[full], abs=1e-5)
+    studies = table[table["level"] == "study"]
+    assert len(studies) == images["study"].nunique()
+    assert (out / "submission.csv").exists() == (kind == "csv")
+    written = pd.read_csv(out / "predictions.csv")
+    assert list(written.columns) == ["level", "path", "study", "body_part", "label", "prob", "pred", "error"]
+
+
+def test_predict_lists_unreadable_images_and_predicts_the_rest(trained, tmp_path):
+    root, results, _ = trained
+    study = tmp_path / "XR_HAND" / "patient1" / "study1_negative"
+    study.mkdir(parents=True)
+    Image.fromarray(np.full((40, 30), 90, np.uint8)).save(study / "image1.png")
+    (study / "image2.png").write_bytes(b"broken")
+    table, out = run_predict(tmp_path, results["ckpt_path"], tmp_path / "XR_HAND", "cam=true")
+    images = image_rows(table).set_index("path")
+    assert "cannot decode image" in images.loc["XR_HAND/patient1/study1_negative/image2.png", "error"]
+    assert np.isnan(images.loc["XR_HAND/patient1/study1_negative/image2.png", "prob"])
+    good = images.loc["XR_HAND/patient1/study1_negative/image1.png"]
+    assert good["error"] == "" and 0 <= good["prob"] <= 1 and good["body_part"] == "hand" and good["label"] == 0
+    study_row = table[table["level"] == "study"].iloc[0]
+    assert study_row["prob"] == pytest.approx(good["prob"])
+    assert sorted(p.name for p in (out / "cams").iterdir()) == ["XR_HAND__patient1__study1_negative__image1.png"]
+
+
+def test_predict_bad_inputs_are_clear_errors(trained, tmp_path):
+    results = trained[1]
+    with pytest.raises(MuraError, match="input=.*nowhere does not exist"):
+        run_predict(tmp_path, results["ckpt_path"], tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MuraError, match="holds no PNG radiographs"):
+        run_predict(tmp_path, results["ckpt_path"], tmp_path / "empty")
