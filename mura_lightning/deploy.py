@@ -25,6 +25,7 @@ class MuraInference(nn.Module):
         self.transform = transform
         self.image_size = transform.image_size
         self.in_chans = transform.in_chans
+        self.eval()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> MuraInference:

@@ -20,7 +20,7 @@ from mura_lightning.checkpoints import datamodule_settings, load_classifier
 from mura_lightning.data.datamodule import MURADataModule
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError, exit_on_user_error
-from mura_lightning.io import write_atomically, write_json_atomic
+from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic
 from mura_lightning.metrics import PredictionTable, StageMetrics, metrics_by_body_part
 from mura_lightning.models.module import MURAClassifier
 from mura_lightning.report import print_summary
@@ -139,7 +139,7 @@ def submission_lines(study_frame: pd.DataFrame, dataset_folder: str) -> list[str
 
 def write_outputs(out: Path, values: dict, images, studies, datamodule, threshold: float, title: str) -> None:
     """results.json, the per-body-part table, both prediction tables, submission.csv and the figures."""
-    write_json_atomic(out / "results.json", values)
+    write_json_atomic(out / RESULTS_FILE, values)
     table = metrics_by_body_part(values, STAGE, "study")
     write_atomically(out / "metrics_by_bodypart.csv", lambda tmp: table.to_csv(tmp))
     image_frame, study_frame = prediction_frames(images, studies, datamodule, threshold)

@@ -9,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+RESULTS_FILE = "results.json"  # a run's final metrics and what they belong to
+ERROR_FILE = "error.txt"  # a failed run's traceback
+
 
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`: readers never see a
@@ -20,10 +23,18 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp_name)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, _default_file_mode())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
     return path
+
+
+def _default_file_mode() -> int:
+    """The permissions a plainly created file gets under the current umask (mkstemp makes it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -1,0 +1,342 @@
+"""`python -m mura_lightning.summarize DIR [--metric test/study/kappa] [--output DIR2]`: one table for a sweep.
+
+Reads every job folder of a multirun folder (`outputs/multirun/<date>_<time>/`) and writes `summary.csv` and
+`summary.md` (one row per job, failed and unfinished ones included), `summary_pivot.csv` (the chosen metric by
+backbone x body part) and `summary.png` (the same as a grouped bar chart), and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import seaborn as sns
+import yaml
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mura_lightning.data.index import BODY_PARTS, resolve_body_parts
+from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_atomically, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRIC = "test/study/kappa"
+TABLE_METRICS = {  # metric -> short header in summary.md and the terminal
+    "val/study/kappa": "val kappa",
+    "test/study/kappa": "test kappa",
+    "test/study/accuracy": "test acc",
+    "test/study/recall_abnormal": "recall abn",
+    "test/study/f1_abnormal": "F1 abn",
+    "test/study/recall_normal": "recall norm",
+    "test/study/f1_normal": "F1 norm",
+    "test/study/auroc": "AUROC",
+}
+TERMINAL_METRICS = ("val/study/kappa", "test/study/kappa", "test/study/auroc")  # the rest is in summary.md
+OK, FAILED, UNFINISHED = "ok", "failed", "unfinished"
+SUMMARY_CSV, SUMMARY_MD, PIVOT_CSV, CHART = "summary.csv", "summary.md", "summary_pivot.csv", "summary.png"
+UNKNOWN = "unknown"
+ALL_PARTS = "all"
+HYDRA_DIR = ".hydra"
+JOB_NUMBER = re.compile(r"^(\d+)_")
+CHART_SIZE = (8.0, 4.5)  # inches
+CHART_DPI = 120
+DECIMALS = 3
+MIN_COLUMN_WIDTH = DECIMALS + 2  # terminal characters, enough for a number such as 0.667
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """The job folders of a multirun folder (those holding a `.hydra/` folder), in job-number order."""
+    if not sweep_dir.is_dir():
+        raise MuraError(f"{sweep_dir} is not a folder; pass a multirun folder such as outputs/multirun/<date>_<time>/")
+    folders = [path for path in sweep_dir.iterdir() if (path / HYDRA_DIR).is_dir()]
+    if not folders:
+        raise MuraError(
+            f"{sweep_dir} holds no job folders (sub-folders with a {HYDRA_DIR}/ folder); pass a multirun folder "
+            "such as outputs/multirun/<date>_<time>/"
+        )
+    return sorted(folders, key=_job_order)
+
+
+def _job_order(folder: Path) -> tuple[float, str]:
+    match = JOB_NUMBER.match(folder.name)
+    return (int(match.group(1)) if match else math.inf, folder.name)
+
+
+def first_error_line(text: str) -> str:
+    """The first line of the error a training job left in error.txt: the last exception's message when the
+    file holds a traceback, otherwise the file's first non-blank line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    after_frames = (line for line in lines[starts[-1] + 1 :] if not line[0].isspace()) if starts else iter(lines)
+    return next(after_frames, "").strip()
+
+
+def read_results(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A job's results.json and, when it cannot be read, why; (None, None) when the job wrote none."""
+    path = folder / RESULTS_FILE
+    if not path.is_file():
+        return None, None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"cannot read {RESULTS_FILE}: {err}"
+    if not isinstance(results, dict):
+        return None, f"{RESULTS_FILE} holds no metrics (a {type(results).__name__}, not an object)"
+    return results, None
+
+
+def read_overrides(folder: Path) -> list[str]:
+    """The command-line overrides a job ran with (from its .hydra/overrides.yaml; none when it is unreadable)."""
+    try:
+        return [str(item) for item in OmegaConf.load(folder / HYDRA_DIR / "overrides.yaml")]
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):
+        return []
+
+
+def job_setup(folder: Path, results: dict[str, Any] | None) -> tuple[str, list[str]]:
+    """A job's backbone and body parts: from its results, else from its .hydra/config.yaml (unknown when that
+    is unreadable)."""
+    if results is not None:
+        return str(results.get("model", UNKNOWN)), list(results.get("body_parts", []))
+    try:
+        config = OmegaConf.load(folder / HYDRA_DIR / "config.yaml")
+        backbone = OmegaConf.select(config, "model.backbone.name", default=UNKNOWN)
+        parts = OmegaConf.select(config, "data.body_parts", default=None)
+        parts = OmegaConf.to_object(parts) if OmegaConf.is_config(parts) else parts
+        return str(backbone), resolve_body_parts(parts) if parts else []
+    except (OSError, yaml.YAMLError, OmegaConfBaseException, MuraError):
+        return UNKNOWN, []
+
+
+def body_part_label(parts: list[str]) -> str:
+    """Body parts joined by '+', or 'all' for all seven."""
+    if set(parts) == set(BODY_PARTS):
+        return ALL_PARTS
+    return "+".join(parts) or UNKNOWN
+
+
+def read_job(folder: Path) -> dict[str, Any]:
+    """One job: folder name, backbone, body parts, overrides, status, first error line and results."""
+    results, unreadable = read_results(folder)
+    error_file = folder / ERROR_FILE
+    if error_file.is_file():
+        status, error = FAILED, first_error_line(error_file.read_text(errors="replace"))
+    elif unreadable:
+        status, error = FAILED, unreadable
+    else:
+        status, error = (OK if results is not None else UNFINISHED), ""
+    backbone, parts = job_setup(folder, results)
+    return {
+        "job": folder.name,
+        "backbone": backbone,
+        "body_part": body_part_label(parts),
+        "overrides": read_overrides(folder),
+        "status": status,
+        "error": error,
+        "results": results or {},
+    }
+
+
+def available_metrics(jobs: list[dict[str, Any]]) -> list[str]:
+    """The numeric metric names found in the jobs' results."""
+    names = {
+        key
+        for job in jobs
+        for key, value in job["results"].items()
+        if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    return sorted(names)
+
+
+def check_metric(metric: str, jobs: list[dict[str, Any]]) -> None:
+    """Raise a MuraError listing the available metrics when some job has results but none has `metric`."""
+    available = available_metrics(jobs)
+    if available and metric not in available:
+        raise MuraError(f"--metric {metric} is not in any results.json; choose one of: {', '.join(available)}")
+
+
+def common_overrides(jobs: list[dict[str, Any]]) -> list[str]:
+    """The overrides every job shares (the sweep's fixed settings), in the first job's order."""
+    shared = set.intersection(*(set(job["overrides"]) for job in jobs))
+    return [override for override in jobs[0]["overrides"] if override in shared]
+
+
+def summary_frame(jobs: list[dict[str, Any]], metric: str) -> pd.DataFrame:
+    """One row per job: job, backbone, body_part, the overrides that differ between jobs, status, the table
+    metrics (and `metric`), and the first error line."""
+    shared = set(common_overrides(jobs))
+    metrics = list(dict.fromkeys([*TABLE_METRICS, metric]))
+    rows = [
+        {
+            "job": job["job"],
+            "backbone": job["backbone"],
+            "body_part": job["body_part"],
+            "overrides": " ".join(o for o in job["overrides"] if o not in shared),
+            "status": job["status"],
+            **{name: _number(job["results"].get(name)) for name in metrics},
+            "error": job["error"],
+        }
+        for job in jobs
+    ]
+    return pd.DataFrame(rows)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def pivot_frame(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """`metric` of the finished jobs by backbone (rows) x body part (columns); the mean where several jobs
+    share a cell."""
+    done = frame[(frame["status"] == OK) & frame[metric].notna()]
+    pivot = done.pivot_table(index="backbone", columns="body_part", values=metric, aggfunc="mean")
+    return pivot.rename_axis(index="backbone", columns=None)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.{DECIMALS}f}"
+    return str(value)
+
+
+def _headers(columns: list[str]) -> list[str]:
+    return [TABLE_METRICS.get(column, column).replace("_", " ") for column in columns]
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame (its columns, not its index) as a GitHub markdown table, numbers to 3 decimals."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+
+    rows = [line([_cell(value) for value in row]) for row in frame.itertuples(index=False)]
+    return "\n".join([line(_headers(list(frame.columns))), line(["---"] * len(frame.columns)), *rows])
+
+
+def status_counts(frame: pd.DataFrame) -> str:
+    """'N jobs: a ok, b failed, c unfinished'."""
+    counts = frame["status"].value_counts()
+    parts = ", ".join(f"{counts.get(status, 0)} {status}" for status in (OK, FAILED, UNFINISHED))
+    return f"{len(frame)} jobs: {parts}"
+
+
+def markdown_report(sweep_dir: Path, frame: pd.DataFrame, pivot: pd.DataFrame, shared: list[str], metric: str) -> str:
+    """summary.md: the job table, the overrides common to all jobs, the pivot table and the chart."""
+    pivot_text = markdown_table(pivot.reset_index()) if not pivot.empty else f"No finished job has {metric}."
+    shared_text = " ".join(f"`{override}`" for override in shared) or "none"
+    return (
+        f"# Sweep {sweep_dir.name}\n\n{status_counts(frame)}.\n\n## Jobs\n\n{markdown_table(frame)}\n\n"
+        f"Overrides common to every job: {shared_text}\n\n"
+        f"## {metric} by backbone and body part\n\nFinished jobs only; the mean where several jobs share a cell.\n\n"
+        f"{pivot_text}\n\n![{metric}]({CHART})\n"
+    )
+
+
+def chart(frame: pd.DataFrame, metric: str) -> Figure:
+    """A grouped bar chart of `metric` over the finished jobs: body part on x, one colour per backbone (both in
+    the pivot table's order); the bar is the mean where several jobs share it, with their standard deviation."""
+    figure = Figure(figsize=CHART_SIZE)
+    axes = figure.subplots()
+    done = frame[(frame["status"] == OK) & frame[metric].notna()]
+    if done.empty:
+        axes.text(0.5, 0.5, f"no finished job has {metric}", ha="center", va="center")
+        axes.set_axis_off()
+        return figure
+    sns.barplot(
+        data=done,
+        x="body_part",
+        y=metric,
+        hue="backbone",
+        order=sorted(done["body_part"].unique()),
+        hue_order=sorted(done["backbone"].unique()),
+        errorbar="sd",
+        ax=axes,
+    )
+    axes.set_xlabel("body part")
+    axes.set_title(f"{metric} by body part and backbone")
+    figure.tight_layout()
+    return figure
+
+
+def rich_table(frame: pd.DataFrame, title: str) -> Table:
+    """A DataFrame (its columns) as a rich table, numbers to 3 decimals, cells shown verbatim (no markup)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, min_width=len(title))
+    for column, header in zip(frame.columns, _headers(list(frame.columns)), strict=True):
+        numeric = pd.api.types.is_float_dtype(frame[column])
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold", min_width=MIN_COLUMN_WIDTH)
+    for row in frame.itertuples(index=False):
+        table.add_row(*(Text(_cell(value)) for value in row))
+    return table
+
+
+def summarize(sweep_dir: str | Path, metric: str = DEFAULT_METRIC, output: str | Path | None = None) -> dict:
+    """Summarise a multirun folder into summary.csv, summary.md, summary_pivot.csv and summary.png (in
+    `output`, by default the folder itself); returns the paths written and the two tables."""
+    sweep_dir = Path(sweep_dir).expanduser()
+    jobs = [read_job(folder) for folder in job_folders(sweep_dir)]
+    check_metric(metric, jobs)
+    frame = summary_frame(jobs, metric)
+    pivot = pivot_frame(frame, metric)
+    out = Path(output).expanduser() if output is not None else sweep_dir
+    figure = chart(frame, metric)
+    paths = {
+        "csv": write_text_atomic(out / SUMMARY_CSV, frame.to_csv(index=False)),
+        "markdown": write_text_atomic(
+            out / SUMMARY_MD, markdown_report(sweep_dir, frame, pivot, common_overrides(jobs), metric)
+        ),
+        "pivot": write_text_atomic(out / PIVOT_CSV, pivot.to_csv()),
+        "chart": write_atomically(out / CHART, lambda tmp: figure.savefig(tmp, format="png", dpi=CHART_DPI)),
+    }
+    return {"paths": paths, "summary": frame, "pivot": pivot}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: DIR, --metric, --output."""
+    parser = argparse.ArgumentParser(prog="python -m mura_lightning.summarize", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="a multirun folder, e.g. outputs/multirun/<date>_<time>/")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"metric of the pivot and chart ({DEFAULT_METRIC})")
+    parser.add_argument("--output", type=Path, default=None, help="where to write the summary files (default: DIR)")
+    return parser.parse_args(argv)
+
+
+def print_summary(frame: pd.DataFrame, pivot: pd.DataFrame, title: str, metric: str, console: Console) -> None:
+    """Print the job table (jobs by number, the main metrics, errors listed under it) and the pivot table."""
+    columns = ["job", "backbone", "body_part", "overrides", "status", *dict.fromkeys([*TERMINAL_METRICS, metric])]
+    compact = frame[columns].assign(job=[_job_label(name) for name in frame["job"]])
+    console.print(rich_table(compact, f"{title}: {status_counts(frame)}"))
+    for job, error in zip(compact["job"], frame["error"], strict=True):
+        if error:
+            console.print(Text(f"job {job} failed: {error}"))
+    if not pivot.empty:
+        console.print(rich_table(pivot.reset_index(), f"{metric} by backbone and body part"))
+
+
+def _job_label(name: str) -> str:
+    match = JOB_NUMBER.match(name)
+    return match.group(1) if match else name
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """Summarise the sweep, print its tables and say where the files are."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    summary = summarize(args.dir, args.metric, args.output)
+    print_summary(summary["summary"], summary["pivot"], args.dir.name, args.metric, Console())
+    log.info("wrote %s", ", ".join(str(path) for path in summary["paths"].values()))
+
+
+if __name__ == "__main__":
+    main()

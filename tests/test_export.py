@@ -1,0 +1,201 @@
+"""Exporting checkpoints: ONNX Runtime and TorchScript outputs equal PyTorch's on any batch size, the sidecar
+says how to feed the model, and bad settings or checkpoints are clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose, compose_run
+from mura_trees import standard_studies, write_tree
+
+from mura_lightning.checkpoints import CheckpointError, load_classifier
+from mura_lightning.deploy import MuraInference
+from mura_lightning.errors import MuraError
+from mura_lightning.export import export, main, sidecar_path
+from mura_lightning.train import train
+
+TOLERANCE = 1e-4
+EXPORT_BATCH = 2
+BACKBONES = {  # backbone -> extra overrides: ResNet-50 on one channel, max aggregation and a tuned threshold
+    "densenet169": [],
+    "resnet50": [
+        "model=resnet50",
+        "model.backbone.in_chans=1",
+        "model.study_aggregation=max",
+        "metrics.tune_threshold=true",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A tiny trained checkpoint per backbone."""
+    tmp = tmp_path_factory.mktemp("export")
+    root = write_tree(tmp, standard_studies())
+    return {
+        name: Path(train(compose_run(root, tmp / name, "test=false", *overrides))["ckpt_path"])
+        for name, overrides in BACKBONES.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def models(checkpoints) -> dict[str, MuraInference]:
+    """Each checkpoint's PyTorch model, the reference."""
+    return {name: MuraInference.from_checkpoint(path).eval() for name, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoints) -> dict[tuple[str, str], Path]:
+    """(backbone, format) -> the model exported next to its checkpoint (ONNX only where the onnx package is)."""
+    formats = ["torchscript", *(["onnx"] if importlib.util.find_spec("onnx") else [])]
+    return {
+        (name, fmt): export(path, fmt, batch_size=EXPORT_BATCH) for name, path in checkpoints.items() for fmt in formats
+    }
+
+
+def normalised_batch(model: MuraInference, size: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(size)
+    return torch.randn(size, model.in_chans, model.image_size, model.image_size, generator=generator)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_onnx_runtime_gives_pytorchs_probabilities_on_any_batch_size(exported, models, backbone):
+    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the optional extra: pip install '.[onnx]'")
+    path = exported[(backbone, "onnx")]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sidecar = json.loads(sidecar_path(path).read_text())
+    (given,), (returned,) = session.get_inputs(), session.get_outputs()
+    assert (given.name, returned.name) == (sidecar["input_name"], sidecar["output_name"])
+    assert given.shape == sidecar["input_shape"] and returned.shape == sidecar["output_shape"]
+    for size in (EXPORT_BATCH, EXPORT_BATCH + 1):
+        batch = normalised_batch(models[backbone], size)
+        (probabilities,) = session.run(None, {given.name: batch.numpy()})
+        with torch.no_grad():
+            expected = models[backbone](batch).numpy()
+        assert probabilities.shape == (size,)
+        np.testing.assert_allclose(probabilities, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_torchscript_gives_pytorchs_probabilities_on_any_batch_size(exported, models, backbone):
+    scripted = torch.jit.load(str(exported[(backbone, "torchscript")]))
+    for size in (EXPORT_BATCH, EXPORT_BATCH + 1):
+        batch = normalised_batch(models[backbone], size)
+        with torch.no_grad():
+            probabilities, expected = scripted(batch), models[backbone](batch)
+        assert probabilities.shape == (size,)
+        torch.testing.assert_close(probabilities, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_sidecar_says_how_to_feed_the_model(exported, checkpoints, models, backbone):
+    path = exported[(backbone, "torchscript")]
+    sidecar = json.loads(sidecar_path(path).read_text())
+    classifier = load_classifier(checkpoints[backbone])
+    size, in_chans = sidecar["image_size"], sidecar["in_chans"]
+    assert (sidecar["backbone"], sidecar["file"], sidecar["format"]) == (backbone, path.name, "torchscript")
+    assert sidecar["checkpoint"] == str(checkpoints[backbone].resolve())
+    assert in_chans == (1 if backbone == "resnet50" else 3)
+    assert sidecar["input_shape"] == ["batch", in_chans, size, size] and sidecar["output_shape"] == ["batch"]
+    assert sidecar["threshold"] == pytest.approx(classifier.decision_threshold("test"))
+    assert sidecar["study_aggregation"] == classifier.hparams["study_aggregation"]
+    assert f"the {sidecar['study_aggregation']} of its images' probabilities" in sidecar["study"]
+    assert "opset" not in sidecar
+    gray = np.random.default_rng(0).integers(0, 256, size=(size, size), dtype=np.uint8)
+    by_hand = (gray / 255.0)[None] - np.array(sidecar["mean"])[:, None, None]
+    by_hand = np.broadcast_to(by_hand / np.array(sidecar["std"])[:, None, None], (in_chans, size, size))
+    np.testing.assert_allclose(by_hand, models[backbone].preprocess(gray).numpy(), atol=1e-5)
+
+
+def test_default_output_sits_next_to_the_checkpoint(exported, checkpoints):
+    ckpt = checkpoints["densenet169"]
+    assert exported[("densenet169", "torchscript")] == ckpt.with_suffix(".torchscript.pt")
+    names = {path.name for path in ckpt.parent.iterdir()}
+    assert names - {ckpt.name, "last.ckpt"} == {f"{ckpt.stem}.torchscript.pt", f"{ckpt.stem}.torchscript.pt.json"} | (
+        {f"{ckpt.stem}.onnx", f"{ckpt.stem}.onnx.json"} if ("densenet169", "onnx") in exported else set()
+    ), "no temporary files are left behind"
+    if ("densenet169", "onnx") in exported:
+        assert json.loads(sidecar_path(ckpt.with_suffix(".onnx")).read_text())["opset"] == 17
+
+
+def run_export(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mura_lightning.export", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_main_exports_with_the_configs_defaults(checkpoints, tmp_path, caplog):
+    cfg = compose("export", [f"ckpt_path={checkpoints['densenet169']}", f"output={tmp_path}/model.pt"])
+    assert (cfg.format, cfg.opset, cfg.batch_size) == ("onnx", 17, 2)
+    cfg.format = "torchscript"
+    with caplog.at_level(logging.INFO, logger="mura_lightning.export"):
+        main(cfg)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt", "model.pt.json"]
+    assert f"wrote {tmp_path}/model.pt and {tmp_path}/model.pt.json" in caplog.text
+
+
+def test_unknown_format_is_a_one_line_error_with_exit_code_2(checkpoints, tmp_path):
+    result = run_export(f"ckpt_path={checkpoints['densenet169']}", "format=tflite", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: format='tflite' is not one of: onnx, torchscript" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir()), "Hydra writes no run folder, .hydra/ or log"
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match=f"ckpt_path={tmp_path}/missing.ckpt does not exist"):
+        export(tmp_path / "missing.ckpt", "torchscript")
+
+
+def test_damaged_checkpoint_is_a_clear_error(checkpoints, tmp_path):
+    damaged = tmp_path / "cut.ckpt"
+    damaged.write_bytes(checkpoints["densenet169"].read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {damaged}: it is damaged"):
+        export(damaged, "torchscript")
+    assert not list(tmp_path.glob("cut.torchscript*"))
+
+
+def test_a_foreign_checkpoint_is_a_clear_error(tmp_path):
+    foreign = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="is not a mura-lightning checkpoint"):
+        export(foreign, "torchscript")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"ckpt_path": None}, "no checkpoint given: pass ckpt_path=FILE"),
+        ({"fmt": "tflite"}, "format='tflite' is not one of: onnx, torchscript"),
+        ({"opset": 99}, "opset=99 is not an ONNX opset this exporter writes: choose 11 to 20"),
+        ({"opset": 9}, "opset=9 is not an ONNX opset this exporter writes"),
+        ({"batch_size": 0}, "batch_size=0 must be a whole number of images, at least 1"),
+    ],
+)
+def test_bad_settings_are_clear_errors(checkpoints, settings, message):
+    arguments = {"ckpt_path": checkpoints["densenet169"], "fmt": "onnx", **settings}
+    with pytest.raises(MuraError, match=message):
+        export(**arguments)
+
+
+def test_output_may_not_overwrite_the_checkpoint(checkpoints, tmp_path):
+    ckpt = Path(shutil.copy(checkpoints["densenet169"], tmp_path / "model.ckpt"))
+    before = ckpt.read_bytes()
+    with pytest.raises(MuraError, match=f"output={ckpt} is the checkpoint itself"):
+        export(ckpt, "torchscript", output=ckpt)
+    assert ckpt.read_bytes() == before
+
+
+def test_onnx_without_the_onnx_package_says_what_to_install(checkpoints, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(MuraError, match=r"format=onnx needs the onnx package: pip install 'mura-lightning\[onnx\]'"):
+        export(checkpoints["densenet169"], "onnx")
