@@ -59,6 +59,7 @@ PROFILE_EPS = 0.05  # bone density below which a pixel counts as off the bone
 VIEW_TRIES = 20  # views drawn until one shows a lesion site inside the frame
 SITE_TRIES = 6  # positions tried along one host bone
 LYTIC_RIM_WIDTH = 0.5  # sclerotic rim of a lytic spot, as a fraction of its half-width
+FRACTURE_REACH = 2.2  # callus and fragments stay within this many bone radii of the break
 PLATE_MAX_BONE_FRACTION = 1.0  # a plate is at most as wide as its bone
 SITE_MARGIN = 0.08  # a lesion site keeps this fraction of the short side from the image border
 
@@ -101,7 +102,6 @@ class SyntheticSpec:
     size_jitter: Range = MISSING
     tissue_density: Range = MISSING
     texture_cell: Range = MISSING
-    render_max_side: int = MISSING
     texture_amplitude: Range = MISSING
     attenuation: Range = MISSING
     gain: Range = MISSING
@@ -109,6 +109,7 @@ class SyntheticSpec:
     gamma: Range = MISSING
     gradient: float = MISSING
     blur_sigma: Range = MISSING
+    render_max_side: int = MISSING
     noise_std: Range = MISSING
     marker_prob: float = MISSING
     marker_size: Range = MISSING
@@ -125,6 +126,8 @@ class SyntheticSpec:
     fracture_tilt_deg: float = MISSING
     fracture_angulation_deg: Range = MISSING
     fracture_callus_prob: float = MISSING
+    fracture_fragments: tuple[int, int] = MISSING
+    fracture_min_extent: float = MISSING
     fracture_callus_density: Range = MISSING
     plate_width: Range = MISSING
     plate_length: Range = MISSING
@@ -508,7 +511,7 @@ def _random_view(rng: np.random.Generator, spec: SyntheticSpec) -> View:
 
 
 def _place(anatomy: Anatomy, view: View, rng: np.random.Generator, spec: SyntheticSpec) -> Anatomy:
-    """The anatomy in grid coordinates, every length jittered by one size factor."""
+    """The anatomy in grid coordinates, every bone and tissue thickness scaled by one random factor."""
     size = rng.uniform(*spec.size_jitter)
     bones = [
         replace(b, p0=view.point(b.p0), p1=view.point(b.p1), r0=b.r0 * view.scale * size, r1=b.r1 * view.scale * size)
@@ -693,14 +696,16 @@ def _soft_inside(distance_inside: np.ndarray) -> np.ndarray:
 
 
 def _fracture(field, site: Site, rng, spec, size: float) -> Box | None:
-    """A dark, jagged gap across the host bone; the far fragment shifted sideways and angulated, and at
-    times a bright healing callus around the break."""
+    """A dark, jagged gap across the host bone; the far fragment shifted sideways and angulated, dense bone
+    chips around the break and at times a bright healing callus. Chips and callus scale with the bone, but
+    no smaller than for a bone of radius fracture_min_extent * size."""
     bone = site.bone
+    extent = max(site.radius, spec.fracture_min_extent * size)
     gap = rng.uniform(*spec.fracture_gap) * size
     shift = rng.uniform(*spec.fracture_shift) * size * rng.choice((-1.0, 1.0)) * site.normal
     bend = math.radians(rng.uniform(*spec.fracture_angulation_deg)) * rng.choice((-1.0, 1.0))
     reach = float(np.hypot(*shift)) + abs(math.sin(bend)) * float(np.hypot(*site.axis_vector))
-    region = _bone_region(bone, *field.shape, margin=reach)
+    region = _bone_region(bone, *field.shape, margin=max(reach, FRACTURE_REACH * extent))
     xs, ys = region.xs, region.ys
     tilt = math.radians(rng.uniform(-spec.fracture_tilt_deg, spec.fracture_tilt_deg))
     across = np.array(_rotate(tuple(site.axis), tilt))
@@ -716,17 +721,30 @@ def _fracture(field, site: Site, rng, spec, size: float) -> Box | None:
     gap_mask = _soft_inside(gap / 2 - np.abs(signed))
     field[region.slices] += profile * (1.0 - rng.uniform(*spec.fracture_contrast) * gap_mask)
     lesion = (gap_mask > 0.5) & (profile > PROFILE_EPS)
+    extra = _fragments(xs, ys, site, extent, rng, spec)
     if rng.random() < spec.fracture_callus_prob:
-        callus = _callus(xs, ys, site, rng, spec)
-        field[region.slices] += callus
-        lesion |= callus > PROFILE_EPS
-    return _mask_box(lesion, region)
+        extra = extra + _callus(xs, ys, site, extent, rng, spec) * (1.0 - gap_mask)
+    field[region.slices] += extra
+    return _mask_box(lesion | (extra > PROFILE_EPS), region)
 
 
-def _callus(xs, ys, site: Site, rng, spec) -> np.ndarray:
-    """A healing callus: a faint spindle of new bone around the fracture site, wider than the bone."""
-    along = rng.uniform(2.0, 3.0) * site.radius
-    across = rng.uniform(1.3, 1.7) * site.radius
+def _fragments(xs, ys, site: Site, extent: float, rng, spec) -> np.ndarray:
+    """Small dense bone chips scattered within a few `extent`s of the break (a comminuted fracture)."""
+    chips = np.zeros(np.broadcast_shapes(xs.shape, ys.shape), np.float32)
+    for _ in range(int(rng.integers(spec.fracture_fragments[0], spec.fracture_fragments[1] + 1))):
+        radius = rng.uniform(0.3, 0.5) * extent
+        offset = rng.uniform(-1.2, 1.2) * site.axis + rng.uniform(-1.6, 1.6) * site.normal
+        cx, cy = site.point + offset * extent
+        distance = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
+        chips += rng.uniform(1.0, 1.5) * np.sqrt(np.clip(1.0 - (distance / radius) ** 2, 0.0, None))
+    return chips
+
+
+def _callus(xs, ys, site: Site, extent: float, rng, spec) -> np.ndarray:
+    """A healing callus: a spindle of new bone around the fracture site, wider than the bone (the caller
+    keeps the fracture line clear of it)."""
+    along = rng.uniform(2.5, 3.5) * extent
+    across = rng.uniform(1.6, 2.1) * extent
     px, py = site.point
     u = ((xs - px) * site.axis[0] + (ys - py) * site.axis[1]) / along
     v = ((xs - px) * site.normal[0] + (ys - py) * site.normal[1]) / across
@@ -956,7 +974,7 @@ def render_study(plan: StudyPlan, spec: SyntheticSpec, out_dir: Path) -> tuple[l
 def _render_all(plans: list[StudyPlan], spec: SyntheticSpec, out_dir: Path) -> tuple[list[str], list[str]]:
     """Render every study, in worker processes when num_workers > 1; rows come back sorted."""
     work = partial(render_study, spec=spec, out_dir=out_dir)
-    workers = spec.num_workers if spec.num_workers is not None else os.cpu_count() or 1
+    workers = spec.num_workers if spec.num_workers is not None else _cpu_count()
     if workers > 1 and len(plans) > 1:
         chunk = max(1, len(plans) // (8 * workers))
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -966,6 +984,11 @@ def _render_all(plans: list[StudyPlan], spec: SyntheticSpec, out_dir: Path) -> t
     images = sorted(row for study_images, _ in results for row in study_images)
     lesions = sorted(row for _, study_lesions in results for row in study_lesions)
     return images, lesions
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _write_lines(path: Path, lines: list[str], header: str | None = None) -> None:
