@@ -36,7 +36,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_classifier(path: str | Path, expected_backbone: str | None = None) -> MURAClassifier:
     """The MURAClassifier of a checkpoint, rebuilt from its saved hyperparameters (without downloading
-    ImageNet weights) and its weights, in eval mode on the CPU.
+    ImageNet weights or compiling) and its weights, in eval mode on the CPU.
 
     `expected_backbone`, when given, must be the checkpoint's backbone. Weights that do not fit the saved
     backbone are a CheckpointError naming the keys, not a torch traceback.
@@ -47,6 +47,7 @@ def load_classifier(path: str | Path, expected_backbone: str | None = None) -> M
     if expected_backbone is not None and name != expected_backbone:
         raise CheckpointError(f"{path} holds a {name} model, not the {expected_backbone} asked for")
     hparams["backbone"] = {**hparams["backbone"], "pretrained": False}
+    hparams["compile"] = False
     model = MURAClassifier(**hparams)
     state = checkpoint["state_dict"]
     mismatch = state_dict_mismatch(model.state_dict(), state)

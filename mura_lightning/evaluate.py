@@ -62,6 +62,7 @@ def datamodule_for(ckpt_path: str, model: MURAClassifier, cfg: DictConfig) -> MU
             "balanced_sampler": False,
             "synthetic": None,
             "persistent_workers": False,
+            "gpu_augment": False,
             **{key: data[key] for key in EVAL_DATA_KEYS},
         }
     )

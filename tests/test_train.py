@@ -78,7 +78,11 @@ def read_results(run_dir):
 
 @pytest.mark.parametrize(
     "overrides",
-    [["model=densenet169"], ["model=resnet50", "model.backbone.in_chans=1"], ["trainer.precision=bf16-mixed"]],
+    [
+        ["model=densenet169"],
+        ["model=resnet50", "model.backbone.in_chans=1"],
+        ["trainer.precision=bf16-mixed", "model.channels_last=true"],
+    ],
     ids=["densenet169", "resnet50-gray", "bf16-mixed"],
 )
 def test_one_epoch_run_tests_the_best_checkpoint_and_writes_results(mura_root, tmp_path, overrides):

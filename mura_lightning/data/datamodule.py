@@ -14,6 +14,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from mura_lightning.data.cache import ImageCache, build_cache
 from mura_lightning.data.dataset import MuraImageDataset, collate_skipping_none
 from mura_lightning.data.images import read_grayscale
 from mura_lightning.data.index import MuraDataError, MuraIndex, build_index, resolve_body_parts, select_body_parts
@@ -41,7 +42,10 @@ class MURADataModule(LightningDataModule):
     official `valid` as the test (and predict) set.
 
     `synthetic`, when given, holds the generator's settings: `prepare_data` then writes synthetic MURA at
-    `root` on first use (root must end in MURA-v1.1).
+    `root` on first use (root must end in MURA-v1.1). With `cache`, every image is decoded and resized once
+    into a memory-mapped array under `cache_dir` (see ImageCache), so workers only copy bytes. With
+    `gpu_augment`, batches leave the workers as uint8 and are flipped, rotated (training) and normalised on the
+    device, in `on_after_batch_transfer`.
     """
 
     def __init__(
@@ -63,6 +67,9 @@ class MURADataModule(LightningDataModule):
         balanced_sampler: bool = False,
         on_error: str = "raise",
         synthetic: dict[str, Any] | None = None,
+        cache: bool = False,
+        cache_dir: str | None = None,
+        gpu_augment: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -77,6 +84,10 @@ class MURADataModule(LightningDataModule):
         self.balanced_sampler = balanced_sampler
         self.on_error = on_error
         self.synthetic = dict(synthetic) if synthetic else None
+        if cache and not cache_dir:
+            raise MuraDataError("data.cache=true needs data.cache_dir: a folder for the preprocessed images")
+        self.cache_dir = Path(cache_dir).expanduser() if cache and cache_dir else None
+        self.gpu_augment = gpu_augment
         transform_args = dict(
             image_size=image_size,
             hflip_prob=hflip_prob,
@@ -92,35 +103,49 @@ class MURADataModule(LightningDataModule):
         self.datasets: dict[str, MuraImageDataset] = {}
 
     def prepare_data(self) -> None:
-        """Generate synthetic MURA at `root` when configured and not there yet (runs on one process only)."""
-        if self.synthetic is None or self.root.exists():
-            return
-        if self.root.name != SYNTHETIC_FOLDER:
-            raise MuraDataError(f"data.root={self.root} must end in {SYNTHETIC_FOLDER} to generate synthetic MURA")
-        from mura_lightning.data.synthetic import generate_synthetic_mura
+        """Generate synthetic MURA at `root` when configured and not there yet, and build the image cache when
+        asked for (runs on one process only, before `setup` on all)."""
+        if self.synthetic is not None and not self.root.exists():
+            if self.root.name != SYNTHETIC_FOLDER:
+                raise MuraDataError(f"data.root={self.root} must end in {SYNTHETIC_FOLDER} to generate synthetic MURA")
+            from mura_lightning.data.synthetic import generate_synthetic_mura
 
-        log.info("generating synthetic MURA at %s", self.root)
-        generate_synthetic_mura(self.root.parent, **self.synthetic)
+            log.info("generating synthetic MURA at %s", self.root)
+            generate_synthetic_mura(self.root.parent, **self.synthetic)
+        if self.cache_dir is not None:
+            self._image_cache(self._selected_frame())
+
+    def _selected_frame(self) -> pd.DataFrame:
+        """The index rows of the chosen body parts, with global image and study ids."""
+        self.index = build_index(self.root, on_error=self.on_error)
+        full = self.index.frame
+        full = full.assign(image_id=range(len(full)), study_id=pd.factorize(full["study"], sort=True)[0])
+        return select_body_parts(full, self.body_parts)
+
+    def _image_cache(self, frame: pd.DataFrame) -> ImageCache:
+        return build_cache(frame["path"].tolist(), self.train_transform.image_size, self.cache_dir, self.num_workers)
 
     def setup(self, stage: str | None = None) -> None:
         """Index the tree, keep the chosen body parts, split by patient, build the four datasets (once)."""
         if self.frame is not None:
             return
-        self.index = build_index(self.root, on_error=self.on_error)
-        full = self.index.frame
-        full = full.assign(
-            image_id=range(len(full)),
-            study_id=pd.factorize(full["study"], sort=True)[0],
-        )
-        frame = select_body_parts(full, self.body_parts)
+        frame = self._selected_frame()
         frame["subset"] = assign_subsets(frame, self.val_fraction, self.seed)
         self.frame = frame
+        cache = self._image_cache(frame) if self.cache_dir is not None else None
         for subset in ("train", "val", "test"):
             rows = frame[frame["subset"] == subset]
             if rows.empty:
                 raise MuraDataError(f"the {subset} subset of {', '.join(self.body_parts)} under {self.root} is empty")
-            transform = self.train_transform if subset == "train" else self.eval_transform
-            self.datasets[subset] = MuraImageDataset(rows, transform, self.on_error)
+            train = subset == "train"
+            self.datasets[subset] = MuraImageDataset(
+                rows,
+                self.train_transform if train else self.eval_transform,
+                augment=train and not self.gpu_augment,
+                on_error=self.on_error,
+                cache=cache,
+                raw=self.gpu_augment,
+            )
         log.info(
             "MURA %s from %s: %s",
             ", ".join(self.body_parts),
@@ -186,6 +211,17 @@ class MURADataModule(LightningDataModule):
         per_class = torch.bincount(labels, minlength=2).clamp(min=1).float()
         generator = torch.Generator().manual_seed(self.seed)
         return WeightedRandomSampler(1.0 / per_class[labels], num_samples=len(dataset), generator=generator)
+
+    def on_after_batch_transfer(self, batch: dict | None, dataloader_idx: int) -> dict | None:
+        """With gpu_augment: flip and rotate training batches, normalise every batch, on the device."""
+        if not self.gpu_augment or batch is None:
+            return batch
+        return self.device_transform(batch, train=self.trainer is not None and self.trainer.training)
+
+    def device_transform(self, batch: dict, train: bool) -> dict:
+        """A uint8 batch (gpu_augment) normalised on its device, and first flipped and rotated when `train`."""
+        images = self.train_transform.augment_batch(batch["image"]) if train else batch["image"]
+        return {**batch, "image": self.train_transform.normalize(images)}
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

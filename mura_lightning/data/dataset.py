@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from mura_lightning.data.cache import ImageCache
 from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.index import BODY_PARTS
+from mura_lightning.data.transforms import RadiographTransform
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,25 @@ ITEM_KEYS = ("image", "label", "study", "body_part", "image_id")
 class MuraImageDataset(Dataset):
     """Images of a slice of the MURA index, each as a dict of tensors.
 
-    Keys: `image` (the transformed image), `label` (float 0/1), `study` (the study's integer id),
-    `body_part` (index into BODY_PARTS), `image_id` (the row's integer id in the full index). `frame` must
-    hold the columns `path`, `label`, `body_part`, `study_id` and `image_id`. With `on_error="skip"`, an
-    image that cannot be decoded is warned about once, counted in `skipped`, and returned as None, which
-    `collate_skipping_none` drops from its batch.
+    Keys: `image`, `label` (float 0/1), `study` (the study's integer id), `body_part` (index into BODY_PARTS),
+    `image_id` (the row's integer id in the full index). `frame` must hold the columns `path`, `label`,
+    `body_part`, `study_id` and `image_id`.
+
+    The image is resized by `transform` (or read already resized from `cache`), randomly flipped and rotated
+    when `augment`, and normalised; with `raw=True` it stays the (1, S, S) uint8 tensor, for augmentation and
+    normalisation on the device. With `on_error="skip"`, an image that cannot be decoded is warned about once,
+    counted in `skipped`, and returned as None, which `collate_skipping_none` drops from its batch.
     """
 
-    def __init__(self, frame: pd.DataFrame, transform: Callable[[np.ndarray], torch.Tensor], on_error: str) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        transform: RadiographTransform,
+        augment: bool,
+        on_error: str,
+        cache: ImageCache | None = None,
+        raw: bool = False,
+    ) -> None:
         self.paths = frame["path"].to_numpy(dtype=object)
         self.labels = torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
         self.studies = torch.tensor(frame["study_id"].to_numpy(), dtype=torch.int64)
@@ -36,17 +47,23 @@ class MuraImageDataset(Dataset):
         self.body_parts = torch.tensor(frame["body_part"].map(part_index).to_numpy(), dtype=torch.int64)
         self.image_ids = torch.tensor(frame["image_id"].to_numpy(), dtype=torch.int64)
         self.transform = transform
+        self.augment = augment
         self.on_error = on_error
+        self.cache = cache
+        self.raw = raw
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def load(self, position: int) -> np.ndarray | None:
-        """The decoded (H, W) uint8 image at `position`, or None for a bad file under on_error=skip."""
+    def load(self, position: int) -> torch.Tensor | None:
+        """The resized (1, S, S) uint8 image at `position`, or None for a bad file under on_error=skip."""
         path = self.paths[position]
+        cached = self.cache[path] if self.cache is not None else None
+        if cached is not None:
+            return torch.from_numpy(cached).unsqueeze(0)
         try:
-            return read_grayscale(path)
+            return self.transform.resize(read_grayscale(path))
         except ImageDecodeError as err:
             if self.on_error != "skip":
                 raise
@@ -56,11 +73,13 @@ class MuraImageDataset(Dataset):
             return None
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor] | None:
-        gray = self.load(position)
-        if gray is None:
+        image = self.load(position)
+        if image is None:
             return None
+        if self.augment:
+            image = self.transform.augment(image)
         return {
-            "image": self.transform(gray),
+            "image": image if self.raw else self.transform.normalize(image),
             "label": self.labels[position],
             "study": self.studies[position],
             "body_part": self.body_parts[position],

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.nn import functional as F_nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -26,7 +27,7 @@ class RadiographTransform:
         image_size: int,
         train: bool,
         hflip_prob: float,
-        rotation_degrees: float,
+        rotation_degrees: float | Sequence[float],
         in_chans: int,
         mean: Sequence[float],
         std: Sequence[float],
@@ -38,6 +39,12 @@ class RadiographTransform:
         self.image_size = image_size
         self.train = train
         self.in_chans = in_chans
+        self.hflip_prob = hflip_prob
+        self.rotation_range = (
+            (float(rotation_degrees[0]), float(rotation_degrees[1]))
+            if isinstance(rotation_degrees, Sequence)
+            else (-float(rotation_degrees), float(rotation_degrees))
+        )
         self._augment = v2.Compose([v2.RandomHorizontalFlip(hflip_prob), v2.RandomRotation(rotation_degrees, fill=0)])
         if in_chans == 1:
             mean, std = [float(np.mean(mean))], [float(np.mean(std))]
@@ -54,9 +61,23 @@ class RadiographTransform:
         return self._augment(image)
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """The normalised float tensor (in_chans, S, S) of a (1, S, S) uint8 tensor."""
-        scaled = image.to(torch.float32).div_(255.0).expand(self.in_chans, -1, -1)
-        return (scaled - self._mean) / self._std
+        """The normalised float tensor (..., in_chans, S, S) of a (..., 1, S, S) uint8 tensor or batch."""
+        scaled = image.to(torch.float32).div_(255.0)
+        scaled = scaled.expand(*scaled.shape[:-3], self.in_chans, *scaled.shape[-2:])
+        return (scaled - self._mean.to(scaled.device)) / self._std.to(scaled.device)
+
+    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """A randomly flipped and rotated copy of a (N, 1, S, S) uint8 batch, on the batch's device: one affine
+        grid for the whole batch (bilinear, black fill), angles and flips drawn per image."""
+        count = len(images)
+        angles = torch.deg2rad(torch.empty(count, device=images.device).uniform_(*self.rotation_range))
+        flips = torch.where(torch.rand(count, device=images.device) < self.hflip_prob, -1.0, 1.0)
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        zeros = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos * flips, -sin, zeros], 1), torch.stack([sin * flips, cos, zeros], 1)], 1)
+        grid = F_nn.affine_grid(theta, list(images.shape), align_corners=False)
+        rotated = F_nn.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return rotated.round_().clamp_(0, 255).to(torch.uint8)
 
     def __call__(self, gray: np.ndarray) -> torch.Tensor:
         """Resize, augment when training, normalise."""

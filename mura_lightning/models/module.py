@@ -51,7 +51,9 @@ class MURAClassifier(LightningModule):
 
     `backbone` holds `build_backbone`'s arguments; `preprocessing` (image_size, mean, std) travels with the
     checkpoint so the model can be rebuilt and fed without the training config; `cam_layer` names the layer of
-    the backbone that class activation maps use. `loss`, `optimizer` (a
+    the backbone that class activation maps use. `compile` runs the backbone through `torch.compile` and
+    `channels_last` keeps its weights and inputs in NHWC layout (both for speed on GPUs; neither changes the
+    checkpoint). `loss`, `optimizer` (a
     partial taking `params`) and `scheduler` (a partial taking `optimizer`, with `scheduler_settings` such as
     `monitor` and `interval`) are objects built from the config by Hydra. `metrics` holds MetricSettings: with
     `tune_threshold`, each validation picks a threshold on its predictions; it is kept in the `tuned_threshold`
@@ -68,6 +70,8 @@ class MURAClassifier(LightningModule):
         study_aggregation: str = "mean",
         metrics: dict[str, Any] | None = None,
         cam_layer: str | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
         loss: MuraLoss | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -77,6 +81,10 @@ class MURAClassifier(LightningModule):
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"], logger=False)
         self.net = build_backbone(**backbone)
         self.cam_layer = cam_layer
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self._net_forward = torch.compile(self.net.forward) if compile else self.net.forward
         self.loss = loss if loss is not None else BCELoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -112,7 +120,9 @@ class MURAClassifier(LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """One logit per image, shape (N,)."""
-        return self.net(images).squeeze(1)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self._net_forward(images).squeeze(1)
 
     def setup(self, stage: str) -> None:
         """Give the loss the training class counts of the datamodule (weighted BCE needs them, val loss too)."""
