@@ -165,4 +165,4 @@ def _tile(picture: np.ndarray, boxes: list[Box], caption: str) -> torch.Tensor:
         outline = [x0 * scale, y0 * scale + CAPTION_HEIGHT, x1 * scale, y1 * scale + CAPTION_HEIGHT]
         draw.rectangle(outline, outline=BOX_COLOUR)
     draw.text((2, 1), caption, fill=(255, 255, 255), font=ImageFont.load_default())
-    return torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1)
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1)
