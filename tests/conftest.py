@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from mura_trees import standard_studies, write_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_module(module: str, *args: str, cwd: Path = REPO_ROOT, timeout: int = 600, env=None):
+    """`python -m module args...` in a subprocess; the CompletedProcess with its output as text."""
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@ clear errors for bad checkpoints and inputs."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, compose, compose_run
+from conftest import compose, compose_run, run_module
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
@@ -132,19 +130,7 @@ def test_a_checkpoint_of_another_backbone_than_expected_is_refused(trained):
 
 def test_evaluate_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mura_lightning.evaluate",
-            f"ckpt_path={tmp_path}/junk.ckpt",
-            f"hydra.run.dir={tmp_path}/e",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
+    finished = run_module("mura_lightning.evaluate", f"ckpt_path={tmp_path}/junk.ckpt", f"hydra.run.dir={tmp_path}/e")
     assert finished.returncode == 2
     assert "error: cannot read checkpoint" in finished.stderr and "Traceback" not in finished.stderr
 

@@ -7,14 +7,14 @@ import importlib.util
 import json
 import logging
 import shutil
-import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose, compose_run
+from conftest import compose, compose_run, run_module
 from mura_trees import standard_studies, write_tree
 
 from mura_lightning.checkpoints import CheckpointError, load_classifier
@@ -127,10 +127,7 @@ def test_default_output_sits_next_to_the_checkpoint(exported, checkpoints):
         assert json.loads(sidecar_path(ckpt.with_suffix(".onnx")).read_text())["opset"] == 17
 
 
-def run_export(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mura_lightning.export", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
+run_export = partial(run_module, "mura_lightning.export")
 
 
 def test_main_exports_with_the_configs_defaults(checkpoints, tmp_path, caplog):

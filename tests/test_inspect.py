@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from functools import partial
 
-from conftest import REPO_ROOT
+from conftest import run_module
 
-
-def run_inspect(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mura_lightning.data.inspect", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
+run_inspect = partial(run_module, "mura_lightning.data.inspect")
 
 
 def test_json_counts_match_the_tree(mura_root, studies):

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, compose_run, tiny_run_overrides
+from conftest import compose_run, run_module, tiny_run_overrides
 from sklearn import metrics as sk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -258,9 +256,7 @@ def test_metrics_csv_matches_the_results_and_the_tuned_threshold_is_applied(fini
 def test_ddp_metrics_equal_a_single_process_run(finished_run, tmp_path):
     root, run_dir, results = finished_run
     common = [o for o in tiny_run_overrides(root, tmp_path) if not o.startswith("paths.output_dir")]
-    command = [
-        sys.executable,
-        "-m",
+    finished = run_module(
         "mura_lightning.train",
         *common,
         "train=false",
@@ -268,8 +264,7 @@ def test_ddp_metrics_equal_a_single_process_run(finished_run, tmp_path):
         "trainer=ddp_cpu",
         "metrics.tune_threshold=true",
         f"paths.output_dir={tmp_path}/ddp",
-    ]
-    finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     compared = [key for key in results if key.startswith(("val/", "test/")) and not key.endswith(("loss", "seconds"))]

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import traceback
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, compose_run
+from conftest import compose_run, run_module
 from mura_trees import standard_studies, write_tree
 
 from mura_lightning import train as train_module
@@ -248,14 +247,7 @@ def test_damaged_hydra_files_leave_the_job_listed(sweep):
     assert (row["backbone"], row["body_part"], row["overrides"], row["status"]) == ("unknown", "unknown", "", "failed")
 
 
-def run_summarize(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mura_lightning.summarize", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
+run_summarize = partial(run_module, "mura_lightning.summarize")
 
 
 def test_missing_folder_is_a_one_line_error(tmp_path):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -25,7 +24,6 @@ from mura_lightning.data.synthetic import (
     render_image,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(min_side=120, max_side=200, num_workers=1)  # small images keep the tests fast
 OFFICIAL_CSVS = (
     "train_image_paths.csv",
@@ -207,10 +205,9 @@ def test_api_defaults_come_from_the_yaml():
         assert OmegaConf.to_container(OmegaConf.create({key: yaml[key]}))[key] == getattr(spec, key)
 
 
-def run_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "mura_lightning.data.synthetic", *overrides]
+def run_cli(cwd: Path, *overrides: str):
     env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return run_module("mura_lightning.data.synthetic", *overrides, cwd=cwd, env=env)
 
 
 def test_cli_writes_only_under_root(tmp_path):

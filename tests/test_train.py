@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+from functools import partial
 
 import pytest
 import torch
-from conftest import REPO_ROOT, compose, compose_run, tiny_run_overrides
+from conftest import REPO_ROOT, compose, compose_run, run_module, tiny_run_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -186,10 +187,7 @@ def test_testing_only_needs_a_checkpoint(mura_root, tmp_path):
         train(compose_run(mura_root, tmp_path, "train=false"))
 
 
-def run_cli(*args, cwd=REPO_ROOT, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "mura_lightning.train", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
-    )
+run_cli = partial(run_module, "mura_lightning.train")
 
 
 @pytest.mark.parametrize(("override", "choice"), [("model=densenet121", "resnet50"), ("bodypart=knee", "shoulder")])
