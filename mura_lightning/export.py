@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -27,6 +26,7 @@ from mura_lightning.checkpoints import load_classifier
 from mura_lightning.deploy import MuraInference
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.io import write_atomically, write_json_atomic
+from mura_lightning.models.module import MURAClassifier
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,10 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".json")
 
 
-def channel_stats(values: list[float], in_chans: int) -> list[float]:
-    """The per-channel normalisation values the model's preprocessing uses: as trained for 3 channels, their
-    average for 1."""
-    return [float(np.mean(values))] if in_chans == 1 else [float(value) for value in values]
-
-
-def describe(ckpt_path: Path, model_path: Path, fmt: str, opset: int) -> dict[str, Any]:
+def describe(classifier: MURAClassifier, ckpt_path: Path, model_path: Path, fmt: str, opset: int) -> dict[str, Any]:
     """The sidecar: what the exported model takes and returns, and how to turn its output into decisions."""
-    classifier = load_classifier(ckpt_path)
-    preprocessing = classifier.hparams["preprocessing"]
-    in_chans, size = classifier.hparams["backbone"]["in_chans"], preprocessing["image_size"]
+    transform = classifier.eval_transform()
+    in_chans, size = transform.in_chans, transform.image_size
     aggregation = classifier.hparams["study_aggregation"]
     return {
         "format": fmt,
@@ -102,8 +95,8 @@ def describe(ckpt_path: Path, model_path: Path, fmt: str, opset: int) -> dict[st
         "input_dtype": "float32",
         "image_size": size,
         "in_chans": in_chans,
-        "mean": channel_stats(preprocessing["mean"], in_chans),
-        "std": channel_stats(preprocessing["std"], in_chans),
+        "mean": transform.mean,
+        "std": transform.std,
         "preprocessing": PREPROCESSING,
         "output_name": OUTPUT_NAME,
         "output_shape": [BATCH_AXIS],
@@ -158,13 +151,14 @@ def export(
     check_settings(ckpt_path, fmt, opset, batch_size)
     ckpt_path = Path(ckpt_path).expanduser()
     path = output_path(ckpt_path, fmt, output)
-    model = MuraInference.from_checkpoint(ckpt_path).eval()
+    classifier = load_classifier(ckpt_path)
+    model = MuraInference(classifier.net, classifier.eval_transform())
     example = torch.zeros(batch_size, model.in_chans, model.image_size, model.image_size)
     if fmt == "onnx":
         write_atomically(path, lambda tmp: save_onnx(model, example, tmp, opset))
     else:
         write_atomically(path, lambda tmp: save_torchscript(model, example, tmp))
-    write_json_atomic(sidecar_path(path), describe(ckpt_path, path, fmt, opset))
+    write_json_atomic(sidecar_path(path), describe(classifier, ckpt_path, path, fmt, opset))
     return path
 
 

@@ -47,9 +47,10 @@ class RadiographTransform:
         )
         self._augment = v2.Compose([v2.RandomHorizontalFlip(hflip_prob), v2.RandomRotation(rotation_degrees, fill=0)])
         if in_chans == 1:
-            mean, std = [float(np.mean(mean))], [float(np.mean(std))]
-        self._mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
-        self._std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+            mean, std = [np.mean(mean)], [np.mean(std)]
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]  # per input channel
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
 
     def resize(self, gray: np.ndarray) -> torch.Tensor:
         """The (1, size, size) uint8 tensor of an (H, W) uint8 array, antialiased."""
