@@ -245,3 +245,27 @@ def test_ddp_cpu_multirun_keeps_every_rank_in_its_job_folder(mura_root, tmp_path
         assert (job / "train_ddp_process_1.log").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["MURA-v1.1", "sweep"], "a rank started its own run"
     assert len(job_dirs(sweep)) == 2
+
+
+def test_the_slurm_launcher_sizes_each_job_from_the_trainer_config():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        single = hydra_compose("train", overrides=["hydra/launcher=slurm", "trainer=gpu"], return_hydra_config=True)
+    assert (single.hydra.launcher.nodes, single.hydra.launcher.tasks_per_node) == (1, 1)
+
+
+def test_a_sweep_runs_under_the_submitit_launcher(mura_root, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result, sweep = multirun(mura_root, tmp_path, "hydra/launcher=submitit_local", "bodypart=shoulder,wrist")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [job for job in job_dirs(sweep) if not job.name.startswith(".")]
+    assert [read_results(job)["body_parts"] for job in jobs] == [["shoulder"], ["wrist"]]
