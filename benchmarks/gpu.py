@@ -3,7 +3,8 @@ and torch.compile on and off, with the time of one MURA-sized epoch; and whether
 device-side augmentation on synthetic MURA) keeps up with the model.
 
 python benchmarks/gpu.py [--steps 20] [--backbones densenet169 resnet50] [--no-compile] [--pipeline-images 4000]
-Needs a CUDA GPU; without one it says so and measures nothing.
+Needs a CUDA GPU; without one it says so and measures nothing (`--device cpu` runs the same code on the CPU, to
+check the script at tiny sizes).
 """
 
 from __future__ import annotations
@@ -32,28 +33,34 @@ def classifier(backbone: str, size: int, channels_last: bool, compile_model: boo
     )
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_images_per_s(
     model: MURAClassifier, images: torch.Tensor, labels: torch.Tensor, steps: int, bf16: bool, warmup: int
 ) -> float:
     """Images/s of forward + BCE + backward + Adam on device-resident tensors."""
-    model = model.cuda().train()
+    model = model.to(images.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     for step in range(warmup + steps):
         if step == warmup:
-            torch.cuda.synchronize()
+            synchronize(images.device)
             started = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    torch.cuda.synchronize()
+    synchronize(images.device)
     return steps * len(images) / (time.perf_counter() - started)
 
 
-def pipeline_images_per_s(size: int, batch_size: int, images: int, workers: int) -> float:
-    """Images/s the cached synthetic-MURA loader delivers to the GPU, augmented and normalised there."""
+def pipeline_images_per_s(size: int, batch_size: int, images: int, workers: int, device: torch.device) -> float:
+    """Images/s the cached synthetic-MURA loader delivers to the device, augmented and normalised there."""
     from data_pipeline import datamodule  # benchmarks/ is on sys.path when this file runs as a script
 
     from mura_lightning.data.synthetic import generate_synthetic_mura
@@ -65,9 +72,10 @@ def pipeline_images_per_s(size: int, batch_size: int, images: int, workers: int)
         next(loader)
         seen, started = 0, time.perf_counter()
         for batch in loader:
-            batch = module.device_transform({**batch, "image": batch["image"].cuda(non_blocking=True)}, train=True)
+            pixels = batch["image"].to(device, non_blocking=True)
+            batch = module.device_transform({**batch, "image": pixels}, train=True)
             seen += len(batch["label"])
-        torch.cuda.synchronize()
+        synchronize(device)
         return seen / (time.perf_counter() - started)
 
 
@@ -81,13 +89,15 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--pipeline-images", type=int, default=4000, help="0 skips the input-pipeline check")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a check of the script)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU here: nothing measured")
         return
     torch.backends.cudnn.benchmark = True
-    images = torch.randn(args.batch_size, 3, args.size, args.size, device="cuda")
-    labels = (torch.rand(args.batch_size, device="cuda") > 0.5).float()
+    images = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
+    labels = (torch.rand(args.batch_size, device=device) > 0.5).float()
     figures = {}
     compile_options = (False,) if args.no_compile else (False, True)
     for backbone, bf16, channels_last, compile_model in itertools.product(
@@ -105,9 +115,10 @@ def main() -> None:
         torch.cuda.empty_cache()
     if args.pipeline_images:
         figures["pipeline_cache_gpu_augment_images_per_s"] = pipeline_images_per_s(
-            args.size, args.batch_size, args.pipeline_images, args.workers
+            args.size, args.batch_size, args.pipeline_images, args.workers, device
         )
-    print(f"gpu={torch.cuda.get_device_name()} size={args.size} batch_size={args.batch_size} steps={args.steps}")
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (cpu)"
+    print(f"gpu={card} size={args.size} batch_size={args.batch_size} steps={args.steps}")
     for key, value in figures.items():
         print(f"{key}={value:.1f}")
 

@@ -34,3 +34,21 @@ def test_train_step_benchmark_prints_the_ratio():
 def test_cam_benchmark_prints_seconds():
     figures = run_benchmark("cam.py", "--images=2", "--size=32", "--repeats=1")
     assert float(figures["cam_seconds_densenet169"]) > 0
+
+
+def test_gpu_benchmark_runs_its_code_on_the_cpu():
+    figures = run_benchmark(
+        "gpu.py",
+        "--device=cpu",
+        "--size=32",
+        "--batch-size=2",
+        "--steps=1",
+        "--backbones=resnet50",
+        "--no-compile",
+        "--pipeline-images=100",
+        "--workers=0",
+    )
+    speeds = [key for key in figures if key.endswith("_images_per_s") and key.startswith("resnet50_")]
+    assert sorted(speeds) == [f"resnet50_{p}_{m}_images_per_s" for p in ("bf16", "fp32") for m in ("nchw", "nhwc")]
+    assert float(figures["resnet50_bf16_nhwc_mura_epoch_s"]) > 0
+    assert float(figures["pipeline_cache_gpu_augment_images_per_s"]) > 0
