@@ -4,6 +4,7 @@ for a checkpoint (or an ensemble) on the official valid split, with predictions 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from mura_lightning.checkpoints import datamodule_settings, load_classifier
 from mura_lightning.data.datamodule import MURADataModule
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError, exit_on_user_error
-from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic
+from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic, write_text_atomic
 from mura_lightning.metrics import PredictionTable, StageMetrics, metrics_by_body_part
 from mura_lightning.models.module import MURAClassifier
 from mura_lightning.report import print_summary
@@ -130,12 +131,10 @@ def prediction_frames(
     return image_frame, study_frame
 
 
-def submission_lines(study_frame: pd.DataFrame, dataset_folder: str) -> list[str]:
-    """The official MURA submission rows: `MURA-v1.1/valid/XR_.../studyN_.../,label` (no header)."""
-    return [
-        f"{dataset_folder}/{study}/,{pred}"
-        for study, pred in zip(study_frame["study"], study_frame["pred"], strict=True)
-    ]
+def write_submission(path: Path, study_folders: Iterable[str], preds: Iterable[int]) -> None:
+    """The official MURA submission file: headerless `MURA-v1.1/valid/XR_.../studyN_.../,label` rows."""
+    rows = "".join(f"{folder}/,{int(pred)}\n" for folder, pred in zip(study_folders, preds, strict=True))
+    write_text_atomic(path, rows)
 
 
 def write_outputs(out: Path, values: dict, images, studies, datamodule, threshold: float, title: str) -> None:
@@ -146,8 +145,8 @@ def write_outputs(out: Path, values: dict, images, studies, datamodule, threshol
     image_frame, study_frame = prediction_frames(images, studies, datamodule, threshold)
     write_atomically(out / "predictions_images.csv", lambda tmp: image_frame.to_csv(tmp, index=False))
     write_atomically(out / "predictions_studies.csv", lambda tmp: study_frame.to_csv(tmp, index=False))
-    lines = submission_lines(study_frame, datamodule.root.name)
-    write_atomically(out / "submission.csv", lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines)))
+    folders = [f"{datamodule.root.name}/{study}" for study in study_frame["study"]]
+    write_submission(out / "submission.csv", folders, study_frame["pred"])
     for name, figure in figures(studies, threshold, title).items():
         if name in FIGURES:
             write_atomically(out / f"{name}.png", partial(save_png, figure))

@@ -20,6 +20,7 @@ from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.index import body_part_of, folder_label, is_dataset_image
 from mura_lightning.data.transforms import RadiographTransform
 from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.evaluate import write_submission
 from mura_lightning.explain import compute_cams, overlay
 from mura_lightning.io import write_atomically
 from mura_lightning.models.module import MURAClassifier
@@ -94,15 +95,6 @@ class RadiographFiles(Dataset):
         return {"index": index, "ok": True, "error": "", "pixels": resized, "input": self.transform.normalize(resized)}
 
 
-def eval_transform(model: MURAClassifier) -> RadiographTransform:
-    """The checkpoint's evaluation preprocessing."""
-    preprocessing = model.hparams["preprocessing"]
-    in_chans = model.hparams["backbone"]["in_chans"]
-    return RadiographTransform(
-        preprocessing["image_size"], False, 0.0, 0.0, in_chans, preprocessing["mean"], preprocessing["std"]
-    )
-
-
 def choose_device(name: str) -> torch.device:
     """`auto` picks CUDA when there is one."""
     if name == "auto":
@@ -118,7 +110,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     radiographs, from_csv = collect_inputs(Path(cfg.input).expanduser())
     out = Path(cfg.output).expanduser()
     loader = DataLoader(
-        RadiographFiles(radiographs, eval_transform(model)), batch_size=cfg.batch_size, num_workers=cfg.num_workers
+        RadiographFiles(radiographs, model.eval_transform()), batch_size=cfg.batch_size, num_workers=cfg.num_workers
     )
     probs = np.full(len(radiographs), np.nan)
     errors = [""] * len(radiographs)
@@ -140,8 +132,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     write_atomically(out / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
     if from_csv:
         studies = table[(table["level"] == "study") & (table["error"] == "")]
-        lines = [f"{study}/,{int(pred)}" for study, pred in zip(studies["path"], studies["pred"], strict=True)]
-        write_atomically(out / "submission.csv", lambda tmp: tmp.write_text("".join(f"{line}\n" for line in lines)))
+        write_submission(out / "submission.csv", studies["path"], studies["pred"])
     failed = sum(1 for error in errors if error)
     log.info("%d images predicted, %d could not be read; written to %s", len(radiographs) - failed, failed, out)
     return table
