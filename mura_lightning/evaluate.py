@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from mura_lightning.callbacks.metrics import figures
 from mura_lightning.checkpoints import datamodule_settings, load_classifier
 from mura_lightning.data.datamodule import MURADataModule
-from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic, write_text_atomic
 from mura_lightning.metrics import PredictionTable, StageMetrics, metrics_by_body_part
@@ -109,26 +108,17 @@ def prediction_frames(
     """The per-image (path, body_part, study, label, prob) and per-study (study, body_part, label, prob, pred)
     tables, with study folders relative to the MURA root."""
     names = datamodule.study_names()
-    rows = datamodule.image_table().set_index("image_id")
-    image_frame = pd.DataFrame(
-        {
-            "path": rows.loc[images.image_ids.tolist(), "path"].to_numpy(),
-            "body_part": [BODY_PARTS[i] for i in images.body_parts.tolist()],
-            "study": names.loc[images.studies.tolist()].to_numpy(),
-            "label": images.labels.long().numpy(),
-            "prob": images.probs.numpy(),
-        }
+    paths = datamodule.image_table().set_index("image_id")["path"]
+    image_frame = images.to_frame()
+    image_frame["path"] = paths.loc[image_frame["image_id"]].to_numpy()
+    image_frame["study"] = names.loc[image_frame["study"]].to_numpy()
+    study_frame = studies.to_frame()
+    study_frame["study"] = names.loc[study_frame["study"]].to_numpy()
+    study_frame["pred"] = (study_frame["prob"] > threshold).astype("int64")
+    return (
+        image_frame[["path", "body_part", "study", "label", "prob"]],
+        study_frame[["study", "body_part", "label", "prob", "pred"]],
     )
-    study_frame = pd.DataFrame(
-        {
-            "study": names.loc[studies.studies.tolist()].to_numpy(),
-            "body_part": [BODY_PARTS[i] for i in studies.body_parts.tolist()],
-            "label": studies.labels.long().numpy(),
-            "prob": studies.probs.numpy(),
-            "pred": (studies.probs > threshold).long().numpy(),
-        }
-    )
-    return image_frame, study_frame
 
 
 def write_submission(path: Path, study_folders: Iterable[str], preds: Iterable[int]) -> None:

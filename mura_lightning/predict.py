@@ -122,7 +122,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
             continue
         inputs = batch["input"][ok].to(device)
         with torch.no_grad():
-            probs[batch["index"][ok].numpy()] = torch.sigmoid(model(inputs).float()).cpu().numpy()
+            probs[batch["index"][ok].numpy()] = model.probabilities(model(inputs)).cpu().numpy()
         if cfg.cam:
             write_cams(
                 model, inputs, batch["pixels"][ok], [radiographs[i] for i in batch["index"][ok].tolist()], out, cfg

@@ -88,7 +88,7 @@ class CAMCallback(Callback):
         cams = compute_cams(pl_module.net, pl_module.cam_target_layer(), images.inputs, self.method)
         with torch.no_grad(), preserved_state(pl_module):
             pl_module.eval()
-            probs = torch.sigmoid(pl_module(images.inputs.to(pl_module.device)).float()).cpu().numpy()
+            probs = pl_module.probabilities(pl_module(images.inputs.to(pl_module.device))).cpu().numpy()
         return cams, probs, images
 
     def _localisation(self, pl_module, datamodule, rows: pd.DataFrame, boxes: dict, stage: str) -> dict[str, float]:

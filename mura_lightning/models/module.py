@@ -124,6 +124,11 @@ class MURAClassifier(LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self._net_forward(images).squeeze(1)
 
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        """Abnormality probabilities of logits, in float32 whatever the precision the logits came in."""
+        return torch.sigmoid(logits.float())
+
     def setup(self, stage: str) -> None:
         """Give the loss the training class counts of the datamodule (weighted BCE needs them, val loss too)."""
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -149,7 +154,7 @@ class MURAClassifier(LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["label"], batch["body_part"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
-        probs = torch.sigmoid(logits.float())
+        probs = self.probabilities(logits)
         self.stage_metrics[stage].update(probs, batch["label"], batch["study"], batch["body_part"], batch["image_id"])
 
     def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
@@ -160,7 +165,7 @@ class MURAClassifier(LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Per-image probabilities with the batch's ids and labels."""
-        probs = torch.sigmoid(self(batch["image"]).float())
+        probs = self.probabilities(self(batch["image"]))
         return {"prob": probs, **{key: batch[key] for key in ("label", "study", "body_part", "image_id")}}
 
     def decision_threshold(self, stage: str) -> float:
