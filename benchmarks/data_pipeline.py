@@ -20,6 +20,7 @@ from mura_lightning.data.datamodule import MURADataModule
 from mura_lightning.data.synthetic import generate_synthetic_mura
 
 DATA_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "data" / "mura.yaml"
+PREPROCESSING_CONFIG = DATA_CONFIG.parents[1] / "preprocessing" / "imagenet.yaml"
 STUDIES_PER_IMAGE = 2.5  # synthetic MURA averages 1-4 images a study
 BODY_PARTS_COUNT = 7
 
@@ -27,18 +28,17 @@ BODY_PARTS_COUNT = 7
 def data_settings() -> dict:
     """The defaults of conf/data/mura.yaml that do not depend on other config groups."""
     config = OmegaConf.load(DATA_CONFIG)
-    return {key: config[key] for key in ("hflip_prob", "rotation_degrees", "mean", "std", "val_fraction")}
+    return {key: config[key] for key in ("hflip_prob", "rotation_degrees", "val_fraction")}
 
 
 def datamodule(root: Path, size: int, batch_size: int, workers: int, cached: bool, cache_dir: Path) -> MURADataModule:
     module = MURADataModule(
         root=str(root),
         body_parts="all",
-        image_size=size,
+        preprocessing={**OmegaConf.to_container(OmegaConf.load(PREPROCESSING_CONFIG)), "image_size": size},
         batch_size=batch_size,
         num_workers=workers,
         seed=0,
-        in_chans=3,
         persistent_workers=False,
         cache=cached,
         cache_dir=str(cache_dir),

@@ -26,7 +26,7 @@ COMPILE_WARMUP_STEPS = 15
 
 def classifier(backbone: str, size: int, channels_last: bool, compile_model: bool) -> MURAClassifier:
     return MURAClassifier(
-        backbone={"name": backbone, "pretrained": False, "in_chans": 3},
+        backbone={"name": backbone, "pretrained": False},
         preprocessing={"image_size": size, "mean": [0.5] * 3, "std": [0.25] * 3},
         compile=compile_model,
         channels_last=channels_last,

@@ -45,7 +45,7 @@ class InMemory(Dataset):
 def classifier(backbone: str, size: int) -> MURAClassifier:
     torch.manual_seed(0)
     return MURAClassifier(
-        backbone={"name": backbone, "pretrained": False, "in_chans": 3},
+        backbone={"name": backbone, "pretrained": False},
         preprocessing={"image_size": size, "mean": [0.5] * 3, "std": [0.25] * 3},
         loss=BCELoss(),
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-4),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,3 @@ def exit_on_user_error(task: Callable[..., ReturnT]) -> Callable[..., ReturnT]:
             raise SystemExit(USER_ERROR_EXIT_CODE) from err
 
     return wrapped
-
-
-def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate`, but a MuraError raised by the target comes out as itself, not wrapped in
-    Hydra's InstantiationException, so entry points can show it as a one-line message."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate as hydra_instantiate
-
-    try:
-        return hydra_instantiate(config, *args, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, MuraError):
-            raise err.__cause__ from None
-        raise

@@ -1,5 +1,5 @@
-"""`python -m mura_lightning.evaluate ckpt_path=FILE [data.root=DIR] [bodypart=...]`: the MURA paper's table
-for a checkpoint (or an ensemble) on the official valid split, with predictions and a submission file."""
+"""`python -m mura_lightning.evaluate ckpt_path=FILE [data.root=DIR] [bodypart=...] [tta=hflip]`: the MURA paper's
+table for a checkpoint (or an ensemble) on the official valid split, with predictions and a submission file."""
 
 from __future__ import annotations
 
@@ -10,114 +10,75 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mura_lightning.callbacks.metrics import figures
-from mura_lightning.checkpoints import datamodule_settings, load_classifier
-from mura_lightning.data.datamodule import MURADataModule
+from mura_lightning.data.index import BODY_PARTS, build_index, select_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.inference.checkpoints import checkpoint_paths, datamodule_settings
+from mura_lightning.inference.device import choose_device
+from mura_lightning.inference.files import predict_files
+from mura_lightning.inference.model import InferenceModel
 from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic, write_text_atomic
 from mura_lightning.metrics import PredictionTable, StageMetrics, metrics_by_body_part
-from mura_lightning.models.module import MURAClassifier
-from mura_lightning.report import print_summary
+from mura_lightning.report import print_metrics_table
 
 log = logging.getLogger(__name__)
 
 STAGE = "test"
+TEST_SPLIT = "valid"
 FIGURES = ("confusion_matrix", "roc")
 FIGURE_DPI = 120
-EVAL_DATA_KEYS = ("batch_size", "num_workers", "on_error", "pin_memory")
+SHOWN_UNREADABLE = 5
 
 
-def checkpoint_paths(value: Any) -> list[str]:
-    """`ckpt_path` as a list: one path, or several for an ensemble."""
-    paths = [value] if isinstance(value, str) else list(value)
-    if not paths:
-        raise MuraError("ckpt_path=[] names no checkpoint")
-    return [str(path) for path in paths]
-
-
-def datamodule_for(ckpt_path: str, model: MURAClassifier, cfg: DictConfig) -> MURADataModule:
-    """The data the checkpoint was trained on (or data.root / bodypart when given), prepared the way the model
-    expects it (its image size, channels and normalisation), without augmentation or generation."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    base = datamodule_settings(ckpt_path) or {key: value for key, value in data.items() if key != "_target_"}
-    root = data["root"] or base.get("root")
+def valid_split_rows(ckpt_path: str, cfg: DictConfig) -> tuple[Path, list[str], pd.DataFrame]:
+    """The MURA root, body parts and index rows of the official valid split to score: data.root and bodypart
+    when given, else what the checkpoint was trained on. Only the valid split is read."""
+    trained_on = datamodule_settings(ckpt_path)
+    root = cfg.data.root or trained_on.get("root")
     if root is None:
         raise MuraError(f"{ckpt_path} does not say which data it was trained on: pass data.root=/path/to/MURA-v1.1")
-    preprocessing = model.hparams["preprocessing"]
-    return MURADataModule(
-        **{
-            **base,
-            "root": root,
-            "body_parts": list(cfg.bodypart) if cfg.get("bodypart") else base.get("body_parts") or "all",
-            "image_size": preprocessing["image_size"],
-            "mean": preprocessing["mean"],
-            "std": preprocessing["std"],
-            "in_chans": model.hparams["backbone"]["in_chans"],
-            "balanced_sampler": False,
-            "synthetic": None,
-            "persistent_workers": False,
-            "gpu_augment": False,
-            **{key: data[key] for key in EVAL_DATA_KEYS},
-        }
-    )
+    body_parts = list(cfg.bodypart) if cfg.get("bodypart") else trained_on.get("body_parts") or "all"
+    index = build_index(root, on_error=cfg.data.on_error, splits=(TEST_SPLIT,))
+    rows = select_body_parts(index.frame, body_parts)
+    rows = rows.assign(image_id=range(len(rows)), study_id=pd.factorize(rows["study"], sort=True)[0])
+    return index.root, sorted(rows["body_part"].unique()), rows
 
 
-def predict_images(model: MURAClassifier, datamodule: MURADataModule, cfg: DictConfig) -> PredictionTable:
-    """Per-image probabilities of the model on the official valid split, ordered by image id."""
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
-    batches = trainer.predict(model, dataloaders=datamodule.test_dataloader())
-    columns = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
-    order = torch.argsort(columns["image_id"])
+def readable_table(rows: pd.DataFrame, probs) -> PredictionTable:
+    """The prediction table of the images that could be read."""
+    kept = rows.assign(prob=probs).dropna(subset=["prob"])
+    part_index = {part: i for i, part in enumerate(BODY_PARTS)}
     return PredictionTable(
-        probs=columns["prob"][order].float(),
-        labels=columns["label"][order].float(),
-        studies=columns["study"][order],
-        body_parts=columns["body_part"][order],
-        image_ids=columns["image_id"][order],
+        probs=torch.tensor(kept["prob"].to_numpy(), dtype=torch.float32),
+        labels=torch.tensor(kept["label"].to_numpy(), dtype=torch.float32),
+        studies=torch.tensor(kept["study_id"].to_numpy()),
+        body_parts=torch.tensor(kept["body_part"].map(part_index).to_numpy()),
+        image_ids=torch.tensor(kept["image_id"].to_numpy()),
     )
-
-
-def ensemble(tables: list[PredictionTable]) -> PredictionTable:
-    """The mean image probability over models that scored the same images."""
-    first = tables[0]
-    for table in tables[1:]:
-        if not torch.equal(table.image_ids, first.image_ids):
-            raise MuraError(
-                "the checkpoints of an ensemble must be evaluated on the same images: same data.root and body parts"
-            )
-    probs = torch.stack([table.probs for table in tables]).mean(dim=0)
-    return PredictionTable(probs, first.labels, first.studies, first.body_parts, first.image_ids)
 
 
 def prediction_frames(
-    images: PredictionTable, studies: PredictionTable, datamodule: MURADataModule, threshold: float
+    images: PredictionTable, studies: PredictionTable, rows: pd.DataFrame, threshold: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The per-image (path, body_part, study, label, prob) and per-study (study, body_part, label, prob, pred)
-    tables, with study folders relative to the MURA root."""
-    names = datamodule.study_names()
-    paths = datamodule.image_table().set_index("image_id")["path"]
+    """The per-image (path, patient, body_part, study, label, prob) and per-study (study, patient, body_part,
+    label, prob, pred) tables, with study folders relative to the MURA root."""
+    by_image = rows.set_index("image_id")
+    by_study = rows.drop_duplicates("study_id").set_index("study_id")
     image_frame = images.to_frame()
-    image_frame["path"] = paths.loc[image_frame["image_id"]].to_numpy()
-    image_frame["study"] = names.loc[image_frame["study"]].to_numpy()
+    for column in ("path", "patient", "study"):
+        image_frame[column] = by_image.loc[image_frame["image_id"], column].to_numpy()
     study_frame = studies.to_frame()
-    study_frame["study"] = names.loc[study_frame["study"]].to_numpy()
+    for column in ("patient", "study"):
+        study_frame[column] = by_study.loc[study_frame["study"], column].to_numpy()
     study_frame["pred"] = (study_frame["prob"] > threshold).astype("int64")
     return (
-        image_frame[["path", "body_part", "study", "label", "prob"]],
-        study_frame[["study", "body_part", "label", "prob", "pred"]],
+        image_frame[["path", "patient", "body_part", "study", "label", "prob"]],
+        study_frame[["study", "patient", "body_part", "label", "prob", "pred"]],
     )
 
 
@@ -127,17 +88,19 @@ def write_submission(path: Path, study_folders: Iterable[str], preds: Iterable[i
     write_text_atomic(path, rows)
 
 
-def write_outputs(out: Path, values: dict, images, studies, datamodule, threshold: float, title: str) -> None:
+def write_outputs(out: Path, values: dict, tables: dict[str, PredictionTable], rows, root: Path, title: str) -> None:
     """results.json, the per-body-part table, both prediction tables, submission.csv and the figures."""
+    threshold = values[f"{STAGE}/threshold"]
     write_json_atomic(out / RESULTS_FILE, values)
     table = metrics_by_body_part(values, STAGE, "study")
     write_atomically(out / "metrics_by_bodypart.csv", lambda tmp: table.to_csv(tmp))
-    image_frame, study_frame = prediction_frames(images, studies, datamodule, threshold)
+    image_frame, study_frame = prediction_frames(tables["image"], tables["study"], rows, threshold)
     write_atomically(out / "predictions_images.csv", lambda tmp: image_frame.to_csv(tmp, index=False))
     write_atomically(out / "predictions_studies.csv", lambda tmp: study_frame.to_csv(tmp, index=False))
-    folders = [f"{datamodule.root.name}/{study}" for study in study_frame["study"]]
-    write_submission(out / "submission.csv", folders, study_frame["pred"])
-    for name, figure in figures(studies, threshold, title).items():
+    write_submission(
+        out / "submission.csv", [f"{root.name}/{study}" for study in study_frame["study"]], study_frame["pred"]
+    )
+    for name, figure in figures(tables["study"], threshold, title).items():
         if name in FIGURES:
             write_atomically(out / f"{name}.png", partial(save_png, figure))
         plt.close(figure)
@@ -151,35 +114,45 @@ def save_png(figure: plt.Figure, path: Path) -> None:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score the checkpoint(s) on the official valid split; write the outputs into the run folder."""
     paths = checkpoint_paths(cfg.ckpt_path)
-    models = [load_classifier(path) for path in paths]
-    datamodules = [datamodule_for(path, model, cfg) for path, model in zip(paths, models, strict=True)]
-    tables = []
-    for model, datamodule in zip(models, datamodules, strict=True):
-        datamodule.setup()
-        tables.append(predict_images(model, datamodule, cfg))
-    images = ensemble(tables)
-    first = models[0]
-    aggregation = cfg.study_aggregation or first.study_aggregation
-    threshold = (
-        cfg.threshold
-        if cfg.threshold is not None
-        else (float(first.tuned_threshold) if len(models) == 1 else first.metric_settings.threshold)
+    model = InferenceModel.from_checkpoints(
+        paths,
+        threshold=cfg.threshold,
+        study_aggregation=cfg.study_aggregation,
+        tta=cfg.tta,
+        tta_degrees=cfg.tta_degrees,
+    ).to(choose_device(cfg.device))
+    root, body_parts, rows = valid_split_rows(paths[0], cfg)
+    result = predict_files(
+        model, rows["path"].tolist(), batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers
     )
-    studies = images.by_study(aggregation)
-    values = StageMetrics().score(STAGE, {"image": images, "study": studies}, threshold)
+    if result.failed:
+        unreadable = "\n  ".join([error for error in result.errors if error][:SHOWN_UNREADABLE])
+        if cfg.data.on_error != "skip":
+            raise MuraError(
+                f"{result.failed} images could not be read:\n  {unreadable}\nReplace or remove them, or set "
+                "data.on_error=skip to score without them."
+            )
+        log.warning(
+            "%d images could not be read and are left out (data.on_error=skip):\n  %s", result.failed, unreadable
+        )
+    images = readable_table(rows, result.probs)
+    if not len(images):
+        raise MuraError(f"no image of the {TEST_SPLIT} split under {root} could be read")
+    tables = {"image": images, "study": images.by_study(model.study_aggregation)}
+    values = StageMetrics().score(STAGE, tables, model.threshold)
+    description = model.describe()
     values.update(
         {
-            "ckpt_paths": paths,
-            "models": [model.hparams["backbone"]["name"] for model in models],
-            "body_parts": datamodules[0].body_parts,
-            "data_root": str(datamodules[0].root),
-            f"{STAGE}/threshold": threshold,
-            "study_aggregation": aggregation,
+            **description,
+            "body_parts": body_parts,
+            "data_root": str(root),
+            "unreadable_images": result.failed,
+            f"{STAGE}/threshold": model.threshold,
         }
     )
     out = Path(cfg.paths.output_dir)
-    write_outputs(out, values, images, studies, datamodules[0], threshold, f"{'+'.join(values['models'])} study")
-    print_summary(values, STAGE)
+    write_outputs(out, values, tables, rows, root, f"{description['model']} study")
+    print_metrics_table(values, STAGE)
     log.info("evaluation written to %s", out)
     return values
 

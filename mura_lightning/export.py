@@ -2,10 +2,10 @@
 a checkpoint's model as an ONNX or TorchScript file, with a JSON sidecar saying how to feed it.
 
 The exported model maps a normalised batch (N, C, S, S) to abnormality probabilities (N,) for any N: it is
-`MuraInference.forward`. Both formats are traced, so it runs on any batch size but on the image size it was
-trained with. ONNX uses torch's TorchScript-based exporter (`dynamo=False`): it writes opsets 11 to 20 in about a
-second, where the torch.export-based one (torch 2.14) takes over ten seconds even for a 32 px DenseNet-169 and
-cannot lower its graph below opset 18.
+`InferenceModel.forward` (with its test-time augmentation, `tta=`). Both formats are traced, so it runs on any batch
+size but on the image size it was trained with. ONNX uses torch's TorchScript-based exporter (`dynamo=False`): it
+writes opsets 11 to 20 in about a second, where the torch.export-based one (torch 2.14) takes over ten seconds even
+for a 32 px DenseNet-169 and cannot lower its graph below opset 18.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from mura_lightning.checkpoints import load_classifier
-from mura_lightning.deploy import MuraInference
 from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.inference.model import DEFAULT_TTA_DEGREES, InferenceModel
 from mura_lightning.io import write_atomically, write_json_atomic
-from mura_lightning.models.module import MURAClassifier
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,7 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "probabilities", "batch"
 DEFAULT_OPSET, DEFAULT_BATCH_SIZE = 17, 2  # as in conf/export.yaml
 MIN_OPSET, MAX_OPSET = 11, 20  # 11: first with a dynamic batch axis for this graph; 20: the exporter's newest
+ROTATION_OPSET = 20  # the first ONNX opset with AffineGrid, which tta=hflip_rotate needs
 # Warnings about the exporters themselves, which this module picks knowingly (see the module docstring).
 EXPORTER_WARNINGS = (
     r"`torch\.jit\.(trace|save)",
@@ -46,7 +45,7 @@ PREPROCESSING = (
 )
 
 
-def check_settings(ckpt_path: Any, fmt: str, opset: int, batch_size: int) -> None:
+def check_settings(ckpt_path: Any, fmt: str, opset: int, batch_size: int, tta: str = "none") -> None:
     """Raise a MuraError naming the first setting that cannot be exported with."""
     if ckpt_path is None:
         raise MuraError("no checkpoint given: pass ckpt_path=FILE, e.g. a .ckpt from <run>/checkpoints/")
@@ -54,6 +53,11 @@ def check_settings(ckpt_path: Any, fmt: str, opset: int, batch_size: int) -> Non
         raise MuraError(f"format={fmt!r} is not one of: {', '.join(SUFFIXES)}")
     if fmt == "onnx":
         check_onnx(opset)
+        if tta == "hflip_rotate" and opset < ROTATION_OPSET:
+            raise MuraError(
+                f"tta=hflip_rotate in ONNX needs opset={ROTATION_OPSET} or later (its rotations use AffineGrid); "
+                f"opset={opset} was asked for"
+            )
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise MuraError(f"batch_size={batch_size!r} must be a whole number of images, at least 1")
 
@@ -67,8 +71,15 @@ def check_onnx(opset: int) -> None:
 
 
 def output_path(ckpt_path: Path, fmt: str, output: str | Path | None = None) -> Path:
-    """Where the model goes: `output`, or next to the checkpoint with the format's suffix; never the checkpoint."""
-    path = Path(output).expanduser() if output is not None else ckpt_path.with_suffix(SUFFIXES[fmt])
+    """Where the model goes: `output` (with the format's suffix added when it lacks it), or next to the checkpoint
+    with the format's suffix; never the checkpoint."""
+    suffix = SUFFIXES[fmt]
+    if output is None:
+        path = ckpt_path.with_suffix(suffix)
+    else:
+        path = Path(output).expanduser()
+        if not path.name.endswith(suffix):
+            path = path.with_name(path.name + suffix)
     if path.resolve() == ckpt_path.resolve():
         raise MuraError(f"output={path} is the checkpoint itself; pass another file name")
     return path
@@ -79,31 +90,33 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".json")
 
 
-def describe(classifier: MURAClassifier, ckpt_path: Path, model_path: Path, fmt: str, opset: int) -> dict[str, Any]:
+def describe(model: InferenceModel, ckpt_path: Path, model_path: Path, fmt: str, opset: int) -> dict[str, Any]:
     """The sidecar: what the exported model takes and returns, and how to turn its output into decisions."""
-    transform = classifier.eval_transform()
-    in_chans, size = transform.in_chans, transform.image_size
-    aggregation = classifier.hparams["study_aggregation"]
+    preprocessing = model.preprocessing
+    in_chans, size = preprocessing.in_chans, preprocessing.image_size
+    aggregation = model.study_aggregation
     return {
         "format": fmt,
         "file": model_path.name,
         **({"opset": opset} if fmt == "onnx" else {}),
         "checkpoint": str(ckpt_path.resolve()),
-        "backbone": classifier.hparams["backbone"]["name"],
+        "backbone": model.names[0],
         "input_name": INPUT_NAME,
         "input_shape": [BATCH_AXIS, in_chans, size, size],
         "input_dtype": "float32",
         "image_size": size,
         "in_chans": in_chans,
-        "mean": transform.mean,
-        "std": transform.std,
+        "mean": preprocessing.channel_mean,
+        "std": preprocessing.channel_std,
         "preprocessing": PREPROCESSING,
+        "tta": model.tta.mode,
+        "tta_degrees": model.tta.degrees,
         "output_name": OUTPUT_NAME,
         "output_shape": [BATCH_AXIS],
-        "output": "the probability that each image is abnormal",
+        "output": "the probability that each image is abnormal (the mean over the tta views)",
         "study_aggregation": aggregation,
         "study": f"a study's probability is the {aggregation} of its images' probabilities",
-        "threshold": classifier.decision_threshold("test"),
+        "threshold": model.threshold,
         "decision": "a study (or image) is abnormal when its probability is above threshold",
     }
 
@@ -117,7 +130,7 @@ def exporter_warnings_silenced() -> Iterator[None]:
         yield
 
 
-def save_onnx(model: MuraInference, example: torch.Tensor, path: Path, opset: int) -> None:
+def save_onnx(model: InferenceModel, example: torch.Tensor, path: Path, opset: int) -> None:
     """Write `model` as ONNX with a dynamic batch axis."""
     with exporter_warnings_silenced():
         torch.onnx.export(
@@ -132,7 +145,7 @@ def save_onnx(model: MuraInference, example: torch.Tensor, path: Path, opset: in
         )
 
 
-def save_torchscript(model: MuraInference, example: torch.Tensor, path: Path) -> None:
+def save_torchscript(model: InferenceModel, example: torch.Tensor, path: Path) -> None:
     """Write `model` traced to TorchScript (without torch's trace check, which re-runs the model twice; the
     outputs are compared with PyTorch's in tests/test_export.py)."""
     with exporter_warnings_silenced():
@@ -145,20 +158,22 @@ def export(
     output: str | Path | None = None,
     opset: int = DEFAULT_OPSET,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    tta: str = "none",
+    tta_degrees: float = DEFAULT_TTA_DEGREES,
 ) -> Path:
     """Export a checkpoint's model (normalised batch -> probabilities) as `fmt` to `output` (default: next to the
     checkpoint) and write its sidecar `<output>.json`; returns the model's path."""
-    check_settings(ckpt_path, fmt, opset, batch_size)
+    check_settings(ckpt_path, fmt, opset, batch_size, tta)
     ckpt_path = Path(ckpt_path).expanduser()
     path = output_path(ckpt_path, fmt, output)
-    classifier = load_classifier(ckpt_path)
-    model = MuraInference(classifier.net, classifier.eval_transform())
-    example = torch.zeros(batch_size, model.in_chans, model.image_size, model.image_size)
+    model = InferenceModel.from_checkpoints(str(ckpt_path), tta=tta, tta_degrees=tta_degrees)
+    size = model.preprocessing.image_size
+    example = torch.zeros(batch_size, model.preprocessing.in_chans, size, size)
     if fmt == "onnx":
         write_atomically(path, lambda tmp: save_onnx(model, example, tmp, opset))
     else:
         write_atomically(path, lambda tmp: save_torchscript(model, example, tmp))
-    write_json_atomic(sidecar_path(path), describe(classifier, ckpt_path, path, fmt, opset))
+    write_json_atomic(sidecar_path(path), describe(model, ckpt_path, path, fmt, opset))
     return path
 
 
@@ -166,7 +181,7 @@ def export(
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Export cfg.ckpt_path and say where the model and its sidecar are."""
-    path = export(cfg.ckpt_path, cfg.format, cfg.output, cfg.opset, cfg.batch_size)
+    path = export(cfg.ckpt_path, cfg.format, cfg.output, cfg.opset, cfg.batch_size, cfg.tta, cfg.tta_degrees)
     log.info("wrote %s and %s", path, sidecar_path(path))
 
 

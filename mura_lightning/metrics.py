@@ -15,8 +15,6 @@ from torchmetrics.classification import (
     BinaryAveragePrecision,
     BinaryCohenKappa,
     BinaryConfusionMatrix,
-    BinaryPrecisionRecallCurve,
-    BinaryROC,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
@@ -26,11 +24,10 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
+from mura_lightning.inference.aggregate import aggregate_studies
 
 LEVELS = ("image", "study")
-AGGREGATIONS = ("mean", "max")
 CLASS_NAMES = ("normal", "abnormal")
-THRESHOLD_METHODS = ("youden", "f1")
 METRIC_NAMES = (
     "kappa",
     "auroc",
@@ -78,10 +75,10 @@ class PredictionTable:
         return PredictionTable(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
 
     def by_study(self, how: str) -> PredictionTable:
-        """One row per study: the mean (or max) of its images' probabilities, its label and body part."""
-        if how not in AGGREGATIONS:
-            raise MuraError(f"model.study_aggregation={how!r} is not one of {', '.join(AGGREGATIONS)}")
-        studies, inverse = torch.unique(self.studies, return_inverse=True)
+        """One row per study: the mean (or max) of its images' probabilities (see `aggregate_studies`), its label
+        and body part."""
+        studies, probs = aggregate_studies(self.probs, self.studies, how)
+        inverse = torch.searchsorted(studies, self.studies)
 
         def reduce(values: torch.Tensor, op: str) -> torch.Tensor:
             out = torch.zeros(len(studies), dtype=values.dtype, device=values.device)
@@ -91,7 +88,7 @@ class PredictionTable:
         if not torch.equal(labels, reduce(self.labels, "amin")):
             raise MuraError("a study holds images with different labels; the index should have refused it")
         return PredictionTable(
-            probs=reduce(self.probs, "mean" if how == "mean" else "amax"),
+            probs=probs,
             labels=labels,
             studies=studies,
             body_parts=reduce(self.body_parts, "amax"),
@@ -190,32 +187,6 @@ class BinaryScores(nn.Module):
         (tn, fp), (fn, tp) = self.confusion.compute().tolist()
         values.update(true_negatives=tn, false_positives=fp, false_negatives=fn, true_positives=tp)
         return values
-
-
-def tune_threshold(table: PredictionTable, method: str) -> float:
-    """The threshold (abnormal iff prob > threshold) that maximises Youden's J (sensitivity + specificity - 1)
-    or F1 of the abnormal class on `table`."""
-    if method not in THRESHOLD_METHODS:
-        raise MuraError(f"metrics.threshold_method={method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
-    labels = table.labels.long()
-    if labels.unique().numel() < 2:
-        raise MuraError("cannot tune a threshold on predictions of one class only; add data of both classes")
-    if method == "youden":
-        fpr, tpr, thresholds = BinaryROC(thresholds=None, sync_on_compute=False)(table.probs, labels)
-        best = thresholds[torch.argmax(tpr - fpr)]
-    else:
-        curve = BinaryPrecisionRecallCurve(thresholds=None, sync_on_compute=False)
-        precision, recall, thresholds = curve(table.probs, labels)
-        f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1]).clamp(min=1e-12)
-        best = thresholds[torch.argmax(f1)]
-    return _strictly_below(table.probs, float(best))
-
-
-def _strictly_below(probs: torch.Tensor, at_least: float) -> float:
-    """A threshold t with `p > t` exactly when `p >= at_least` for every p in probs: halfway to the next
-    lower probability (torchmetrics' curves count p >= t as positive; decisions here use p > t)."""
-    lower = probs[probs < at_least]
-    return (at_least + float(lower.max())) / 2 if len(lower) else at_least / 2
 
 
 class StageMetrics(nn.Module):

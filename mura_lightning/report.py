@@ -20,7 +20,9 @@ SUMMARY_COLUMNS = {  # metric -> column header
 }
 
 
-def print_summary(values: dict[str, Any], stage: str, level: str = "study", console: Console | None = None) -> None:
+def print_metrics_table(
+    values: dict[str, Any], stage: str, level: str = "study", console: Console | None = None
+) -> None:
     """Print `{stage}/{level}/...` metrics as a table: one row per body part, then overall."""
     frame = metrics_by_body_part(values, stage, level)
     table = Table(title=f"{stage} metrics, {level} level")

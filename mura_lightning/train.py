@@ -15,13 +15,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from mura_lightning.config import instantiate, instantiate_all
 from mura_lightning.data.index import resolve_body_parts
-from mura_lightning.errors import MuraError, instantiate
+from mura_lightning.errors import MuraError
 from mura_lightning.hydra_ddp import distributed_job, safe_dirname
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
 from mura_lightning.metrics import LEVELS
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
-from mura_lightning.report import print_summary
+from mura_lightning.report import print_metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,6 @@ def build_model(cfg: DictConfig) -> MURAClassifier:
         _convert_="all",
         _recursive_=False,
     )
-
-
-def instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a config group that maps names to configs (callbacks, loggers)."""
-    return [instantiate(entry) for entry in (group or {}).values() if entry is not None]
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
@@ -112,8 +108,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.train and not cfg.ckpt_path:
         raise MuraError("train=false needs ckpt_path=FILE: the checkpoint to test")
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, _convert_="all")
     model = build_model(cfg)
+    datamodule = instantiate(cfg.data, preprocessing=model.preprocessing.to_dict(), _convert_="all")
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
@@ -132,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results.update(values)
     results.update(run_description(cfg, ckpt_path))
     if trainer.is_global_zero:
-        print_summary(results, "test" if cfg.test else "val")
+        print_metrics_table(results, "test" if cfg.test else "val")
         path = write_json_atomic(Path(cfg.paths.output_dir) / RESULTS_FILE, results)
         log.info("results: %s", path)
     return results

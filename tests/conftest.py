@@ -46,6 +46,27 @@ def compose(config_name: str, overrides: list[str]):
     return cfg
 
 
+def build_datamodule(root: Path, *overrides: str):
+    """The MURADataModule of the train config (32 px, batch 4, no workers) on `root`, handed the model's
+    preprocessing as train does."""
+    from omegaconf import OmegaConf
+
+    from mura_lightning.config import instantiate
+
+    cfg = compose(
+        "train",
+        [
+            f"data.root={root}",
+            "model.preprocessing.image_size=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            *overrides,
+        ],
+    )
+    preprocessing = OmegaConf.to_container(cfg.model.preprocessing, resolve=True)
+    return instantiate(cfg.data, preprocessing=preprocessing, _convert_="all")
+
+
 def tiny_run_overrides(root: Path, out: Path) -> list[str]:
     """Overrides for a CPU training run of a few seconds on a small tree: 32 px, one epoch, no workers."""
     return [
@@ -53,7 +74,7 @@ def tiny_run_overrides(root: Path, out: Path) -> list[str]:
         f"paths.root_dir={out}",
         f"paths.output_dir={out}/run",
         "bodypart=[shoulder,wrist]",
-        "data.image_size=32",
+        "model.preprocessing.image_size=32",
         "data.batch_size=4",
         "data.num_workers=0",
         "data.persistent_workers=false",

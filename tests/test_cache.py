@@ -6,33 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import compose, compose_run
+from conftest import build_datamodule, compose_run
 from mura_trees import write_image
 
 from mura_lightning.data import cache as cache_module
 from mura_lightning.data.cache import MANIFEST_FILE, build_cache
 from mura_lightning.data.images import ImageDecodeError
 from mura_lightning.data.index import MuraDataError
-from mura_lightning.data.transforms import RadiographTransform
-from mura_lightning.errors import instantiate
+from mura_lightning.data.presets import BatchAugment
 from mura_lightning.train import train
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def datamodule(root, tmp_path, *overrides):
-    cfg = compose(
-        "inspect",
-        [
-            f"data.root={root}",
-            "data.image_size=32",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            f"data.cache_dir={tmp_path}/cache",
-            *overrides,
-        ],
-    )
-    module = instantiate(cfg.data, _convert_="all")
+    module = build_datamodule(root, f"data.cache_dir={tmp_path}/cache", *overrides)
     module.prepare_data()
     module.setup()
     return module
@@ -73,11 +61,11 @@ def test_a_killed_build_leaves_no_cache_that_looks_complete(mura_root, tmp_path,
     original = cache_module._resize_chunk
     calls = []
 
-    def dies_on_second_chunk(chunk, target, transform):
+    def dies_on_second_chunk(chunk, target, image_size):
         calls.append(chunk[0])
         if len(calls) == 2:
             raise KeyboardInterrupt("killed")
-        return original(chunk, target, transform)
+        return original(chunk, target, image_size)
 
     monkeypatch.setattr(cache_module, "_resize_chunk", dies_on_second_chunk)
     monkeypatch.setattr(cache_module, "CHUNK_SIZE", 8)
@@ -102,22 +90,22 @@ def test_an_unreadable_image_in_the_cache_is_still_a_clear_error_or_skipped(mura
     assert sum(len(batch["label"]) for batch in eval_batches(skipping, "val")) == len(skipping.datasets["val"]) - 1
 
 
-def make_transform(hflip_prob: float, degrees) -> RadiographTransform:
-    return RadiographTransform(16, True, hflip_prob, degrees, 3, MEAN, STD)
+def make_transform(hflip_prob: float, degrees) -> BatchAugment:
+    return BatchAugment(hflip_prob=hflip_prob, rotation_degrees=degrees)
 
 
 def test_batch_augmentation_flips_and_rotates_per_image():
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 1, 16, 16), dtype=np.uint8))
-    assert torch.equal(make_transform(0.0, 0.0).augment_batch(images), images)
-    assert torch.equal(make_transform(1.0, 0.0).augment_batch(images), images.flip(-1))
+    assert torch.equal(make_transform(0.0, 0.0)(images), images)
+    assert torch.equal(make_transform(1.0, 0.0)(images), images.flip(-1))
     square = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
     square[..., 4:12, 4:12] = 255
-    quarter = make_transform(0.0, (90.0, 90.0)).augment_batch(square)
+    quarter = make_transform(0.0, (90.0, 90.0))(square)
     assert torch.equal(quarter, torch.rot90(square, 1, dims=(-2, -1))) or torch.equal(
         quarter, torch.rot90(square, -1, dims=(-2, -1))
     )
     torch.manual_seed(1)
-    augmented = make_transform(0.5, 30.0).augment_batch(images)
+    augmented = make_transform(0.5, 30.0)(images)
     assert augmented.dtype == torch.uint8 and augmented.shape == images.shape
     differing = [not torch.equal(augmented[i], images[i]) for i in range(len(images))]
     assert all(differing)
@@ -141,7 +129,7 @@ def test_device_transform_augments_only_training_batches(mura_root, tmp_path):
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].dtype == torch.uint8
     evaluated = module.device_transform(batch, train=False)
-    assert torch.equal(evaluated["image"], module.train_transform.normalize(batch["image"]))
+    assert torch.equal(evaluated["image"], module.eval_preset.normalize(batch["image"]))
     torch.manual_seed(0)
     trained = module.device_transform(batch, train=True)
     assert trained["image"].dtype == torch.float32 and trained["image"].shape == evaluated["image"].shape

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 import pytest
 import torch
-from conftest import compose
+from conftest import build_datamodule
 
 from mura_lightning.data.datamodule import MURADataModule
 from mura_lightning.data.images import ImageDecodeError
@@ -15,11 +14,7 @@ from mura_lightning.data.index import BODY_PARTS, MuraDataError
 
 
 def make_datamodule(root, *overrides: str) -> MURADataModule:
-    cfg = compose(
-        "inspect",
-        [f"data.root={root}", "data.image_size=32", "data.batch_size=4", "data.num_workers=0", *overrides],
-    )
-    return hydra.utils.instantiate(cfg.data)
+    return build_datamodule(root, *overrides)
 
 
 def test_hydra_builds_the_datamodule_for_the_chosen_parts(mura_root):
@@ -55,7 +50,7 @@ def test_a_batch_holds_images_labels_studies_and_parts(mura_root):
 
 
 def test_single_channel_models_get_single_channel_batches(mura_root):
-    datamodule = make_datamodule(mura_root, "data.in_chans=1")
+    datamodule = make_datamodule(mura_root, "model.preprocessing.in_chans=1")
     datamodule.setup()
     assert next(iter(datamodule.val_dataloader()))["image"].shape[1] == 1
 
@@ -114,7 +109,7 @@ def test_empty_subset_is_an_error(tmp_path):
 
     root = write_tree(tmp_path, [Study("train", "hand", p, 1, p % 2) for p in range(1, 9)])
     with pytest.raises(MuraDataError, match="the test subset of hand .* is empty"):
-        make_datamodule(root, "bodypart=hand").setup()
+        make_datamodule(root, "bodypart=hand", "data.val_fraction=0.3").setup()
 
 
 def test_synthetic_data_needs_a_root_named_like_the_dataset(tmp_path):

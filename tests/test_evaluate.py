@@ -14,9 +14,9 @@ from conftest import compose, compose_run, run_module
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
-from mura_lightning.checkpoints import CheckpointError, load_classifier
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluate import evaluate
+from mura_lightning.inference.checkpoints import CheckpointError, load_classifier
 from mura_lightning.metrics import METRIC_NAMES
 from mura_lightning.predict import predict
 from mura_lightning.train import train
@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
     root = write_tree(tmp, standard_studies())
     densenet = train(compose_run(root, tmp / "densenet"))
-    resnet = train(compose_run(root, tmp / "resnet", "model=resnet50", "model.backbone.in_chans=1"))
+    resnet = train(compose_run(root, tmp / "resnet", "model=resnet50", "model.preprocessing.in_chans=1"))
     return root, densenet, resnet
 
 
@@ -54,9 +54,9 @@ def test_evaluate_reproduces_the_training_runs_test_metrics(trained, tmp_path):
     assert list(table.index) == ["shoulder", "wrist", "overall"]
     assert {"kappa", "auroc", "accuracy", "sensitivity", "specificity", "f1_abnormal", "f1_normal"} <= set(table)
     images = pd.read_csv(out / "predictions_images.csv")
-    assert list(images.columns) == ["path", "body_part", "study", "label", "prob"]
+    assert list(images.columns) == ["path", "patient", "body_part", "study", "label", "prob"]
     studies = pd.read_csv(out / "predictions_studies.csv")
-    assert list(studies.columns) == ["study", "body_part", "label", "prob", "pred"]
+    assert list(studies.columns) == ["study", "patient", "body_part", "label", "prob", "pred"]
     expected = images.groupby("study")["prob"].mean()
     np.testing.assert_allclose(studies.set_index("study")["prob"].loc[expected.index], expected, atol=1e-6)
     for figure in ("confusion_matrix.png", "roc.png"):
@@ -85,7 +85,8 @@ def test_an_ensemble_averages_image_probabilities(trained, tmp_path):
     np.testing.assert_allclose(
         both.loc[singles[0].index], (singles[0] + singles[1].loc[singles[0].index]) / 2, atol=1e-6
     )
-    assert values["models"] == ["densenet169", "resnet50"]
+    assert values["models"] == ["densenet169", "resnet50"] and values["model"] == "densenet169+resnet50"
+    assert values["ckpt_paths"] == [densenet["ckpt_path"], resnet["ckpt_path"]]
 
 
 def test_evaluating_one_body_part(trained, tmp_path):
@@ -200,5 +201,5 @@ def test_predict_bad_inputs_are_clear_errors(trained, tmp_path):
     with pytest.raises(MuraError, match="input=.*nowhere does not exist"):
         run_predict(tmp_path, results["ckpt_path"], tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MuraError, match="holds no PNG radiographs"):
+    with pytest.raises(MuraError, match="holds no radiographs"):
         run_predict(tmp_path, results["ckpt_path"], tmp_path / "empty")

@@ -17,10 +17,10 @@ import torch
 from conftest import compose, compose_run, run_module
 from mura_trees import standard_studies, write_tree
 
-from mura_lightning.checkpoints import CheckpointError, load_classifier
-from mura_lightning.deploy import MuraInference
 from mura_lightning.errors import MuraError
 from mura_lightning.export import export, main, sidecar_path
+from mura_lightning.inference.checkpoints import CheckpointError, load_classifier
+from mura_lightning.inference.model import InferenceModel
 from mura_lightning.train import train
 
 TOLERANCE = 1e-4
@@ -29,7 +29,7 @@ BACKBONES = {  # backbone -> extra overrides: ResNet-50 on one channel, max aggr
     "densenet169": [],
     "resnet50": [
         "model=resnet50",
-        "model.backbone.in_chans=1",
+        "model.preprocessing.in_chans=1",
         "model.study_aggregation=max",
         "metrics.tune_threshold=true",
     ],
@@ -48,9 +48,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def models(checkpoints) -> dict[str, MuraInference]:
+def models(checkpoints) -> dict[str, InferenceModel]:
     """Each checkpoint's PyTorch model, the reference."""
-    return {name: MuraInference.from_checkpoint(path).eval() for name, path in checkpoints.items()}
+    return {name: InferenceModel.from_checkpoints(str(path)) for name, path in checkpoints.items()}
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,10 @@ def exported(checkpoints) -> dict[tuple[str, str], Path]:
     }
 
 
-def normalised_batch(model: MuraInference, size: int) -> torch.Tensor:
+def normalised_batch(model: InferenceModel, size: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(size)
-    return torch.randn(size, model.in_chans, model.image_size, model.image_size, generator=generator)
+    side = model.preprocessing.image_size
+    return torch.randn(size, model.preprocessing.in_chans, side, side, generator=generator)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -107,6 +108,7 @@ def test_sidecar_says_how_to_feed_the_model(exported, checkpoints, models, backb
     assert in_chans == (1 if backbone == "resnet50" else 3)
     assert sidecar["input_shape"] == ["batch", in_chans, size, size] and sidecar["output_shape"] == ["batch"]
     assert sidecar["threshold"] == pytest.approx(classifier.decision_threshold("test"))
+    assert sidecar["tta"] == "none"
     assert sidecar["study_aggregation"] == classifier.hparams["study_aggregation"]
     assert f"the {sidecar['study_aggregation']} of its images' probabilities" in sidecar["study"]
     assert "opset" not in sidecar
@@ -131,13 +133,22 @@ run_export = partial(run_module, "mura_lightning.export")
 
 
 def test_main_exports_with_the_configs_defaults(checkpoints, tmp_path, caplog):
-    cfg = compose("export", [f"ckpt_path={checkpoints['densenet169']}", f"output={tmp_path}/model.pt"])
-    assert (cfg.format, cfg.opset, cfg.batch_size) == ("onnx", 17, 2)
+    cfg = compose("export", [f"ckpt_path={checkpoints['densenet169']}", f"output={tmp_path}/model.torchscript.pt"])
+    assert (cfg.format, cfg.opset, cfg.batch_size, cfg.tta) == ("onnx", 17, 2, "none")
     cfg.format = "torchscript"
     with caplog.at_level(logging.INFO, logger="mura_lightning.export"):
         main(cfg)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt", "model.pt.json"]
-    assert f"wrote {tmp_path}/model.pt and {tmp_path}/model.pt.json" in caplog.text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.torchscript.pt", "model.torchscript.pt.json"]
+    assert f"wrote {tmp_path}/model.torchscript.pt and {tmp_path}/model.torchscript.pt.json" in caplog.text
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")])
+def test_an_output_without_the_formats_suffix_gets_it(checkpoints, tmp_path, fmt, name):
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    path = export(checkpoints["densenet169"], fmt, output=tmp_path / "model")
+    assert path == tmp_path / name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, f"{name}.json"]
 
 
 def test_unknown_format_is_a_one_line_error_with_exit_code_2(checkpoints, tmp_path):
@@ -176,6 +187,7 @@ def test_a_foreign_checkpoint_is_a_clear_error(tmp_path):
         ({"opset": 99}, "opset=99 is not an ONNX opset this exporter writes: choose 11 to 20"),
         ({"opset": 9}, "opset=9 is not an ONNX opset this exporter writes"),
         ({"batch_size": 0}, "batch_size=0 must be a whole number of images, at least 1"),
+        ({"tta": "hflip_rotate"}, "tta=hflip_rotate in ONNX needs opset=20 or later .* opset=17 was asked for"),
     ],
 )
 def test_bad_settings_are_clear_errors(checkpoints, settings, message):
@@ -185,7 +197,7 @@ def test_bad_settings_are_clear_errors(checkpoints, settings, message):
 
 
 def test_output_may_not_overwrite_the_checkpoint(checkpoints, tmp_path):
-    ckpt = Path(shutil.copy(checkpoints["densenet169"], tmp_path / "model.ckpt"))
+    ckpt = Path(shutil.copy(checkpoints["densenet169"], tmp_path / "model.torchscript.pt"))
     before = ckpt.read_bytes()
     with pytest.raises(MuraError, match=f"output={ckpt} is the checkpoint itself"):
         export(ckpt, "torchscript", output=ckpt)

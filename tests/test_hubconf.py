@@ -1,4 +1,4 @@
-"""Torch Hub: hubconf.py loads a checkpoint as a ready MuraInference, lists one entry point, and says what is
+"""Torch Hub: hubconf.py loads a checkpoint as a ready InferenceModel, lists one entry point, and says what is
 missing when no checkpoint is given."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from conftest import REPO_ROOT, compose_run
 from mura_trees import standard_studies, write_tree
 
-from mura_lightning.checkpoints import load_classifier
-from mura_lightning.deploy import MuraInference
 from mura_lightning.errors import MuraError
+from mura_lightning.inference.checkpoints import load_classifier
+from mura_lightning.inference.model import InferenceModel
 from mura_lightning.train import train
 
 
@@ -27,8 +27,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 def test_hub_load_gives_the_checkpoints_probabilities(trained):
     ckpt, root = trained
     model = torch.hub.load(str(REPO_ROOT), "mura_classifier", source="local", checkpoint=str(ckpt))
-    assert isinstance(model, MuraInference)
-    assert not model.training and not model.net.training
+    assert isinstance(model, InferenceModel)
+    assert not model.training and not model.nets[0].training
     images = sorted(root.glob("valid/XR_WRIST/*/*/*.png"))[:3]
     classifier = load_classifier(ckpt)
     batch = torch.stack([model.preprocess(image) for image in images])

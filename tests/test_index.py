@@ -40,6 +40,29 @@ def test_csv_index_has_one_row_per_image(mura_root, studies):
     assert (row["split"], row["body_part"], row["patient"], row["view"]) == ("train", first.part, "patient00001", 1)
 
 
+@pytest.mark.parametrize("use_csvs", [True, False])
+def test_body_part_folders_of_any_case_keep_their_labels_and_spelling(tmp_path, use_csvs):
+    root = write_tree(
+        tmp_path, [Study("train", "hand", 1, 1, label=1), Study("valid", "hand", 2, 1, label=0)], use_csvs
+    )
+    for split in ("train", "valid"):
+        (root / split / "XR_HAND").rename(root / split / "XR_Hand")
+        for csv in root.glob(f"{split}_*.csv"):
+            csv.write_text(csv.read_text().replace("XR_HAND", "XR_Hand"))
+    frame = build_index(root).frame
+    assert list(frame["label"]) == [1, 1, 0, 0] and set(frame["body_part"]) == {"hand"}
+    assert all((root / study).is_dir() for study in frame["study"]), "study paths as spelled on disk"
+    assert frame["study"].iloc[0] == "train/XR_Hand/patient00001/study1_positive"
+
+
+def test_the_valid_split_can_be_indexed_alone(mura_root):
+    shutil.rmtree(mura_root / "train")
+    index = build_index(mura_root, splits=("valid",))
+    assert set(index.frame["split"]) == {"valid"} and index.source == {"valid": "csv"}
+    with pytest.raises(MuraDataError, match="split 'test' is not one of MURA's: train, valid"):
+        build_index(mura_root, splits=("test",))
+
+
 def test_folder_index_agrees_with_csv_index(mura_root):
     from_csv = build_index(mura_root).frame
     remove_csvs(mura_root)

@@ -22,8 +22,8 @@ from mura_lightning.metrics import (
     PredictionTable,
     StageMetrics,
     metrics_by_body_part,
-    tune_threshold,
 )
+from mura_lightning.thresholds import tune_threshold
 from mura_lightning.train import train
 
 TOLERANCE = 1e-6

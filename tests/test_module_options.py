@@ -11,7 +11,7 @@ PREPROCESSING = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
 
 def classifier(**options) -> MURAClassifier:
     torch.manual_seed(0)
-    backbone = {"name": "resnet50", "pretrained": False, "in_chans": 3}
+    backbone = {"name": "resnet50", "pretrained": False}
     return MURAClassifier(backbone=backbone, preprocessing=PREPROCESSING, **options).eval()
 
 

@@ -50,7 +50,8 @@ def test_every_config_option_composes_and_resolves(tmp_path, group, option):
     cfg = compose("train", [f"{group}={option}", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run"])
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert plain["model"]["backbone"]["name"] in ("densenet169", "resnet50")
-    assert plain["data"]["in_chans"] == plain["model"]["backbone"]["in_chans"]
+    assert not {"image_size", "mean", "std", "in_chans"} & set(plain["data"]), "preprocessing has one owner: the model"
+    assert plain["model"]["preprocessing"]["in_chans"] in (1, 3) and "in_chans" not in plain["model"]["backbone"]
     if group == "loss":
         instantiate(cfg.loss)
     if group == "optimizer":
@@ -64,12 +65,12 @@ def test_every_config_option_composes_and_resolves(tmp_path, group, option):
 def test_experiments_set_their_recipes(tmp_path):
     paper = compose("train", ["experiment=paper", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     assert paper.model.backbone.name == "densenet169" and paper.model.backbone.pretrained
-    assert (paper.data.image_size, paper.data.batch_size, paper.data.rotation_degrees) == (320, 8, 30)
+    assert (paper.model.preprocessing.image_size, paper.data.batch_size, paper.data.rotation_degrees) == (320, 8, 30)
     assert paper.optimizer.lr == 1e-4 and list(paper.optimizer.betas) == [0.9, 0.999]
     assert paper.scheduler.builder.factor == 0.1 and paper.scheduler.monitor == "val/loss"
     assert paper.loss._target_.endswith("WeightedBCELoss")
     demo = compose("train", ["experiment=demo", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
-    assert demo.data.synthetic is not None and demo.data.image_size == 128
+    assert demo.data.synthetic is not None and demo.model.preprocessing.image_size == 128
     assert not demo.model.backbone.pretrained and demo.trainer.accelerator == "cpu"
 
 
@@ -81,7 +82,7 @@ def read_results(run_dir):
     "overrides",
     [
         ["model=densenet169"],
-        ["model=resnet50", "model.backbone.in_chans=1"],
+        ["model=resnet50", "model.preprocessing.in_chans=1"],
         ["trainer.precision=bf16-mixed", "model.channels_last=true"],
     ],
     ids=["densenet169", "resnet50-gray", "bf16-mixed"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from mura_lightning.data.images import read_grayscale
+from mura_lightning.data.lesions import read_lesion_boxes
+from mura_lightning.data.presets import EvalPreset
 from mura_lightning.explain import Box, box_area, box_iou, compute_cams, overlay, pointing_game, preserved_state
+from mura_lightning.inference.model import InferenceModel
 from mura_lightning.metrics import CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -70,7 +75,7 @@ class CAMCallback(Callback):
         datamodule = trainer.datamodule
         rows = datamodule.image_table()
         rows = rows[rows["subset"] == stage]
-        boxes = _boxes_by_path(datamodule.lesion_boxes())
+        boxes = _boxes_by_path(read_lesion_boxes(datamodule.root))
         sample = choose_sample(rows, self.num_images, self.seed, boxes)
         cams, probs, images = self._cams(pl_module, datamodule, sample["image_id"])
         image_boxes = _boxes_on_grid(boxes, sample["path"], images.sizes, cams.shape[1:])
@@ -84,11 +89,11 @@ class CAMCallback(Callback):
         pl_module.log_dict(values, rank_zero_only=True)
 
     def _cams(self, pl_module, datamodule, image_ids):
-        images = datamodule.load_eval_images(list(image_ids))
+        images = load_eval_images(datamodule.image_table(), list(image_ids), pl_module.eval_preset())
         cams = compute_cams(pl_module.net, pl_module.cam_target_layer(), images.inputs, self.method)
         with torch.no_grad(), preserved_state(pl_module):
-            pl_module.eval()
-            probs = pl_module.probabilities(pl_module(images.inputs.to(pl_module.device))).cpu().numpy()
+            model = InferenceModel.from_classifiers([pl_module])
+            probs = model(images.inputs.to(pl_module.device)).cpu().numpy()
         return cams, probs, images
 
     def _localisation(self, pl_module, datamodule, rows: pd.DataFrame, boxes: dict, stage: str) -> dict[str, float]:
@@ -96,7 +101,7 @@ class CAMCallback(Callback):
         chosen = lesion_rows.sample(min(len(lesion_rows), self.localisation_images), random_state=self.seed)
         if chosen.empty:
             return {}
-        images = datamodule.load_eval_images(list(chosen["image_id"]))
+        images = load_eval_images(datamodule.image_table(), list(chosen["image_id"]), pl_module.eval_preset())
         cams = compute_cams(pl_module.net, pl_module.cam_target_layer(), images.inputs, self.method)
         scaled = _boxes_on_grid(boxes, chosen["path"], images.sizes, cams.shape[1:])
         return {
@@ -112,6 +117,28 @@ class CAMCallback(Callback):
             caption = f"{row.body_part} {CLASS_NAMES[int(row.label)]} p={prob:.2f}"
             tiles.append(_tile(overlay(gray, cam, self.image_weight), tile_boxes, caption))
         return make_grid(torch.stack(tiles), nrow=int(np.ceil(np.sqrt(len(tiles)))), padding=2)
+
+
+@dataclass
+class EvalImages:
+    """Images as the model sees them in evaluation: `pixels` (N, S, S) uint8, `inputs` (N, C, S, S) normalised,
+    and each original (height, width), for drawing and for scaling boxes."""
+
+    pixels: np.ndarray
+    inputs: torch.Tensor
+    sizes: list[tuple[int, int]]
+
+
+def load_eval_images(rows: pd.DataFrame, image_ids: list[int], preset: EvalPreset) -> EvalImages:
+    """The images of these ids (index rows with `image_id` and `path`) through the evaluation preset."""
+    paths = rows.set_index("image_id").loc[image_ids, "path"]
+    grays = [read_grayscale(path) for path in paths]
+    resized = [preset.resize(gray) for gray in grays]
+    return EvalImages(
+        pixels=torch.cat(resized).numpy(),
+        inputs=torch.stack([preset.normalize(image) for image in resized]),
+        sizes=[gray.shape for gray in grays],
+    )
 
 
 def choose_sample(rows: pd.DataFrame, count: int, seed: int, boxes: dict | None = None) -> pd.DataFrame:

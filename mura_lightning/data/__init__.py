@@ -1,1 +1,1 @@
-"""The data side of mura-lightning: MURA index, splits, image decoding, transforms and the DataModule."""
+"""The data side of mura-lightning: MURA index, splits, image decoding, preprocessing presets and the DataModule."""

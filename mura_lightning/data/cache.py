@@ -18,7 +18,7 @@ from numpy.lib.format import open_memmap
 from rich.progress import Progress
 
 from mura_lightning.data.images import ImageDecodeError, read_grayscale
-from mura_lightning.data.transforms import RadiographTransform
+from mura_lightning.data.presets import resize
 from mura_lightning.errors import MuraError
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,14 @@ def cache_key(paths: Sequence[str], image_size: int) -> str:
     return digest.hexdigest()[:20]
 
 
-def _resize_chunk(chunk: tuple[int, list[str]], target: str, transform: RadiographTransform) -> list[int]:
+def _resize_chunk(chunk: tuple[int, list[str]], target: str, image_size: int) -> list[int]:
     """Decode and resize the images of a chunk into the array at `target`; returns the positions that failed."""
     start, paths = chunk
     images = open_memmap(target, mode="r+")
     failed = []
     for offset, path in enumerate(paths):
         try:
-            images[start + offset] = transform.resize(read_grayscale(path))[0].numpy()
+            images[start + offset] = resize(read_grayscale(path), image_size)[0].numpy()
         except ImageDecodeError:
             failed.append(start + offset)
     images.flush()
@@ -95,9 +95,8 @@ def _build(folder: Path, paths: list[str], image_size: int, num_workers: int) ->
     try:
         target = staging / IMAGES_FILE
         open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size)).flush()
-        transform = RadiographTransform(image_size, False, 0.0, 0.0, 1, [0.0], [1.0])
         chunks = [(start, paths[start : start + CHUNK_SIZE]) for start in range(0, len(paths), CHUNK_SIZE)]
-        work = partial(_resize_chunk, target=str(target), transform=transform)
+        work = partial(_resize_chunk, target=str(target), image_size=image_size)
         failed: list[int] = []
         with Progress() as progress:
             task = progress.add_task(f"caching {len(paths)} images at {image_size} px", total=len(paths))

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from lightning import LightningDataModule
@@ -16,30 +14,21 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mura_lightning.data.cache import ImageCache, build_cache
 from mura_lightning.data.dataset import MuraImageDataset, collate_skipping_none
-from mura_lightning.data.images import read_grayscale
 from mura_lightning.data.index import MuraDataError, MuraIndex, build_index, resolve_body_parts, select_body_parts
-from mura_lightning.data.lesions import read_lesion_boxes
+from mura_lightning.data.presets import BatchAugment, EvalPreset, Preprocessing, TrainPreset
 from mura_lightning.data.splits import assign_subsets, class_counts
-from mura_lightning.data.transforms import RadiographTransform
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC_FOLDER = "MURA-v1.1"
 
 
-@dataclass
-class EvalImages:
-    """Images prepared for evaluation: `pixels` (N, S, S) uint8, `inputs` (N, C, S, S) normalised, and each
-    original (height, width)."""
-
-    pixels: np.ndarray
-    inputs: torch.Tensor
-    sizes: list[tuple[int, int]]
-
-
 class MURADataModule(LightningDataModule):
     """MURA for one body part, several, or all: official `train` split by patient into train/val,
     official `valid` as the test (and predict) set.
+
+    `preprocessing` is the model's (`MURAClassifier.preprocessing`, as a dict): the data follows the model.
+    Training images are flipped (`hflip_prob`) and rotated (`rotation_degrees`) by `BatchAugment`.
 
     `synthetic`, when given, holds the generator's settings: `prepare_data` then writes synthetic MURA at
     `root` on first use (root must end in MURA-v1.1). With `cache`, every image is decoded and resized once
@@ -50,18 +39,16 @@ class MURADataModule(LightningDataModule):
 
     def __init__(
         self,
+        *,
         root: str,
         body_parts: str | Sequence[str],
-        image_size: int,
+        preprocessing: Mapping[str, Any],
         batch_size: int,
         num_workers: int,
         val_fraction: float,
         seed: int,
         hflip_prob: float,
-        rotation_degrees: float,
-        in_chans: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        rotation_degrees: float | Sequence[float],
         pin_memory: bool = False,
         persistent_workers: bool = False,
         balanced_sampler: bool = False,
@@ -88,16 +75,10 @@ class MURADataModule(LightningDataModule):
             raise MuraDataError("data.cache=true needs data.cache_dir: a folder for the preprocessed images")
         self.cache_dir = Path(cache_dir).expanduser() if cache and cache_dir else None
         self.gpu_augment = gpu_augment
-        transform_args = dict(
-            image_size=image_size,
-            hflip_prob=hflip_prob,
-            rotation_degrees=rotation_degrees,
-            in_chans=in_chans,
-            mean=mean,
-            std=std,
-        )
-        self.train_transform = RadiographTransform(train=True, **transform_args)
-        self.eval_transform = RadiographTransform(train=False, **transform_args)
+        self.preprocessing = Preprocessing.from_dict(preprocessing)
+        self.batch_augment = BatchAugment(hflip_prob=hflip_prob, rotation_degrees=rotation_degrees)
+        self.train_preset = TrainPreset(preprocessing=self.preprocessing, augment=self.batch_augment)
+        self.eval_preset = EvalPreset(preprocessing=self.preprocessing)
         self.index: MuraIndex | None = None
         self.frame: pd.DataFrame | None = None
         self.datasets: dict[str, MuraImageDataset] = {}
@@ -123,7 +104,7 @@ class MURADataModule(LightningDataModule):
         return select_body_parts(full, self.body_parts)
 
     def _image_cache(self, frame: pd.DataFrame) -> ImageCache:
-        return build_cache(frame["path"].tolist(), self.train_transform.image_size, self.cache_dir, self.num_workers)
+        return build_cache(frame["path"].tolist(), self.preprocessing.image_size, self.cache_dir, self.num_workers)
 
     def setup(self, stage: str | None = None) -> None:
         """Index the tree, keep the chosen body parts, split by patient, build the four datasets (once)."""
@@ -140,7 +121,7 @@ class MURADataModule(LightningDataModule):
             train = subset == "train"
             self.datasets[subset] = MuraImageDataset(
                 rows,
-                self.train_transform if train else self.eval_transform,
+                self.train_preset if train else self.eval_preset,
                 augment=train and not self.gpu_augment,
                 on_error=self.on_error,
                 cache=cache,
@@ -168,23 +149,6 @@ class MURADataModule(LightningDataModule):
         """The selected index rows (path, split, subset, body part, patient, study, ids, label)."""
         self._require_setup()
         return self.frame
-
-    def lesion_boxes(self) -> pd.DataFrame | None:
-        """Lesion boxes of the tree (synthetic MURA's lesions.csv), or None when it has none."""
-        return read_lesion_boxes(self.root)
-
-    def load_eval_images(self, image_ids: Sequence[int]) -> EvalImages:
-        """The images of these ids as the model sees them in evaluation, with their resized uint8 pixels and
-        original sizes (for drawing and for scaling boxes)."""
-        self._require_setup()
-        paths = self.frame.set_index("image_id").loc[list(image_ids), "path"]
-        grays = [read_grayscale(path) for path in paths]
-        resized = [self.eval_transform.resize(gray) for gray in grays]
-        return EvalImages(
-            pixels=torch.cat(resized).numpy(),
-            inputs=torch.stack([self.eval_transform.normalize(image) for image in resized]),
-            sizes=[gray.shape for gray in grays],
-        )
 
     def _require_setup(self) -> None:
         if self.frame is None:
@@ -220,8 +184,8 @@ class MURADataModule(LightningDataModule):
 
     def device_transform(self, batch: dict, train: bool) -> dict:
         """A uint8 batch (gpu_augment) normalised on its device, and first flipped and rotated when `train`."""
-        images = self.train_transform.augment_batch(batch["image"]) if train else batch["image"]
-        return {**batch, "image": self.train_transform.normalize(images)}
+        images = self.batch_augment(batch["image"]) if train else batch["image"]
+        return {**batch, "image": self.eval_preset.normalize(images)}
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

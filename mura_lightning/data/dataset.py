@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, default_collate
 from mura_lightning.data.cache import ImageCache
 from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.index import BODY_PARTS
-from mura_lightning.data.transforms import RadiographTransform
+from mura_lightning.data.presets import EvalPreset, TrainPreset
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,16 @@ class MuraImageDataset(Dataset):
     `image_id` (the row's integer id in the full index). `frame` must hold the columns `path`, `label`,
     `body_part`, `study_id` and `image_id`.
 
-    The image is resized by `transform` (or read already resized from `cache`), randomly flipped and rotated
-    when `augment`, and normalised; with `raw=True` it stays the (1, S, S) uint8 tensor, for augmentation and
-    normalisation on the device. With `on_error="skip"`, an image that cannot be decoded is warned about once,
-    counted in `skipped`, and returned as None, which `collate_skipping_none` drops from its batch.
+    The image is resized by `preset` (or read already resized from `cache`), randomly flipped and rotated when
+    `augment` (which needs a TrainPreset), and normalised; with `raw=True` it stays the (1, S, S) uint8 tensor, for
+    augmentation and normalisation on the device. With `on_error="skip"`, an image that cannot be decoded is warned
+    about once, counted in `skipped`, and returned as None, which `collate_skipping_none` drops from its batch.
     """
 
     def __init__(
         self,
         frame: pd.DataFrame,
-        transform: RadiographTransform,
+        preset: EvalPreset | TrainPreset,
         augment: bool,
         on_error: str,
         cache: ImageCache | None = None,
@@ -46,7 +46,7 @@ class MuraImageDataset(Dataset):
         part_index = {part: i for i, part in enumerate(BODY_PARTS)}
         self.body_parts = torch.tensor(frame["body_part"].map(part_index).to_numpy(), dtype=torch.int64)
         self.image_ids = torch.tensor(frame["image_id"].to_numpy(), dtype=torch.int64)
-        self.transform = transform
+        self.preset = preset
         self.augment = augment
         self.on_error = on_error
         self.cache = cache
@@ -63,10 +63,10 @@ class MuraImageDataset(Dataset):
         if cached is not None:
             return torch.from_numpy(cached).unsqueeze(0)
         try:
-            return self.transform.resize(read_grayscale(path))
+            return self.preset.resize(read_grayscale(path))
         except ImageDecodeError as err:
             if self.on_error != "skip":
-                raise
+                raise ImageDecodeError(f"{err} Or set data.on_error=skip to leave it out with a warning.") from err
             if path not in self.skipped:
                 self.skipped.add(path)
                 log.warning("skipping an image (data.on_error=skip): %s", err)
@@ -77,9 +77,9 @@ class MuraImageDataset(Dataset):
         if image is None:
             return None
         if self.augment:
-            image = self.transform.augment(image)
+            image = self.preset.augment(image)
         return {
-            "image": image if self.raw else self.transform.normalize(image),
+            "image": image if self.raw else self.preset.normalize(image),
             "label": self.labels[position],
             "study": self.studies[position],
             "body_part": self.body_parts[position],

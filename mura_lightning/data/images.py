@@ -38,7 +38,4 @@ def read_grayscale(path: str | Path) -> np.ndarray:
             image.load()
             return to_grayscale(image)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(
-            f"cannot decode image {path}: {err}. Replace or remove the file, or set data.on_error=skip "
-            "to leave it out with a warning."
-        ) from err
+        raise ImageDecodeError(f"cannot decode image {path}: {err}. Replace or remove the file.") from err

@@ -48,13 +48,15 @@ class _ImageRow:
     relpath: str
     split: str
     body_part: str
+    part_dir: str
     patient: str
     study_dir: str
     filename: str
 
     @property
     def study(self) -> str:
-        return f"{self.split}/XR_{self.body_part.upper()}/{self.patient}/{self.study_dir}"
+        """The study folder relative to the MURA root, spelled as on disk (`XR_Hand` stays `XR_Hand`)."""
+        return f"{self.split}/{self.part_dir}/{self.patient}/{self.study_dir}"
 
     @property
     def view(self) -> int:
@@ -92,7 +94,7 @@ def _parse_relpath(relpath: str, split: str) -> _ImageRow:
             f"'{split}/XR_<PART>/patientNNNNN/studyN_<positive|negative>/imageN.png' "
             f"(PART one of {', '.join(p.upper() for p in BODY_PARTS)})"
         )
-    return _ImageRow(relpath, split, body_part_of(parts[1]), parts[2], parts[3], parts[4])
+    return _ImageRow(relpath, split, body_part_of(parts[1]), parts[1], parts[2], parts[3], parts[4])
 
 
 def _strip_top_folder(csv_path: str) -> str:
@@ -243,8 +245,8 @@ def _split_source(root: Path, split: str) -> str:
     return "folders"
 
 
-def build_index(root: str | Path, on_error: str = "raise") -> MuraIndex:
-    """Index every image of a MURA-v1.1 tree (`root` is the MURA-v1.1 folder).
+def build_index(root: str | Path, on_error: str = "raise", splits: Iterable[str] = OFFICIAL_SPLITS) -> MuraIndex:
+    """Index every image of the official `splits` of a MURA-v1.1 tree (`root` is the MURA-v1.1 folder).
 
     The official CSVs are the source of truth; a split without them is indexed from its folders, the label
     read from `studyN_positive|negative`. Files that are not dataset images are skipped and counted.
@@ -260,7 +262,9 @@ def build_index(root: str | Path, on_error: str = "raise") -> MuraIndex:
             "synthetic one: python -m mura_lightning.data.synthetic root=data/synthetic-MURA"
         )
     problems, skipped, source, rows = _Problems(), Counter(), {}, []
-    for split in OFFICIAL_SPLITS:
+    for split in splits:
+        if split not in OFFICIAL_SPLITS:
+            raise MuraDataError(f"split {split!r} is not one of MURA's: {', '.join(OFFICIAL_SPLITS)}")
         source[split] = _split_source(root, split)
         read = _csv_rows if source[split] == "csv" else _folder_rows
         rows.extend(read(root, split, problems, skipped))

@@ -19,17 +19,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one torchvision architecture and where its first convolution and classifier live."""
+    """How to build one torchvision architecture; where its first convolution and classifier live, and the layer
+    whose activations class activation maps are made of."""
 
     builder: Callable[..., nn.Module]
     weights_enum: type[models.WeightsEnum]
     first_conv: str
     classifier: str
+    cam_layer: str
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "densenet169": BackboneSpec(models.densenet169, models.DenseNet169_Weights, "features.conv0", "classifier"),
-    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, "conv1", "fc"),
+    # CAMs: DenseNet's last dense block's final batch norm (norm5); ResNet's layer4[-1], the last bottleneck.
+    "densenet169": BackboneSpec(
+        models.densenet169, models.DenseNet169_Weights, "features.conv0", "classifier", "features.norm5"
+    ),
+    "resnet50": BackboneSpec(models.resnet50, models.ResNet50_Weights, "conv1", "fc", "layer4.2"),
 }
 
 # Old DenseNet checkpoints name layers `norm.1`; torchvision renames them to `norm1` when it loads them.
@@ -153,7 +158,7 @@ def build_backbone(
     """
     spec = backbone_spec(name)
     if in_chans not in (1, 3):
-        raise MuraError(f"model.backbone.in_chans={in_chans} is not supported: use 1 or 3")
+        raise MuraError(f"model.preprocessing.in_chans={in_chans} is not supported: use 1 or 3")
     model = spec.builder(weights=None)
     if pretrained:
         _load_exactly(model, load_imagenet_state(name, weights, weights_path), name)

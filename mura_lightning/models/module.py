@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning import LightningModule
 from torch import nn
 
-from mura_lightning.data.transforms import RadiographTransform
+from mura_lightning.data.presets import EvalPreset, Preprocessing
 from mura_lightning.errors import MuraError
-from mura_lightning.metrics import LEVELS, THRESHOLD_METHODS, PredictionTable, StageMetrics, tune_threshold
-from mura_lightning.models.backbones import build_backbone
+from mura_lightning.metrics import PredictionTable, StageMetrics
+from mura_lightning.models.backbones import backbone_spec, build_backbone
 from mura_lightning.models.losses import BCELoss, MuraLoss
+from mura_lightning.thresholds import MetricSettings, tune_threshold
 
 log = logging.getLogger(__name__)
 
@@ -26,38 +26,17 @@ class NonFiniteLossError(MuraError):
     """The training loss became NaN or infinite."""
 
 
-@dataclass(frozen=True)
-class MetricSettings:
-    """How predictions become decisions: the threshold, and whether to tune it on val (see conf/metrics)."""
-
-    threshold: float = 0.5
-    tune_threshold: bool = False
-    threshold_method: str = "youden"
-    threshold_level: str = "study"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise MuraError(f"metrics.threshold={self.threshold} must lie in [0, 1]")
-        if self.threshold_method not in THRESHOLD_METHODS:
-            raise MuraError(
-                f"metrics.threshold_method={self.threshold_method!r} is not one of {', '.join(THRESHOLD_METHODS)}"
-            )
-        if self.threshold_level not in LEVELS:
-            raise MuraError(f"metrics.threshold_level={self.threshold_level!r} is not one of {', '.join(LEVELS)}")
-
-
 class MURAClassifier(LightningModule):
     """A torchvision backbone with one logit, trained on images and scored per image and per study.
 
-    `backbone` holds `build_backbone`'s arguments; `preprocessing` (image_size, mean, std) travels with the
-    checkpoint so the model can be rebuilt and fed without the training config; `cam_layer` names the layer of
-    the backbone that class activation maps use. `compile` runs the backbone through `torch.compile` and
-    `channels_last` keeps its weights and inputs in NHWC layout (both for speed on GPUs; neither changes the
-    checkpoint). `loss`, `optimizer` (a
-    partial taking `params`) and `scheduler` (a partial taking `optimizer`, with `scheduler_settings` such as
-    `monitor` and `interval`) are objects built from the config by Hydra. `metrics` holds MetricSettings: with
-    `tune_threshold`, each validation picks a threshold on its predictions; it is kept in the `tuned_threshold`
-    buffer (so checkpoints carry the threshold of their epoch) and applied to test.
+    `backbone` holds `build_backbone`'s arguments but `in_chans`; `preprocessing` (image_size, mean, std, in_chans;
+    see `Preprocessing`) is what the model takes: it travels with the checkpoint so the model can be rebuilt and fed
+    without the training config, and the datamodule is given it. `compile` runs the backbone through `torch.compile`
+    and `channels_last` keeps its weights and inputs in NHWC layout (both for speed on GPUs; neither changes the
+    checkpoint). `loss`, `optimizer` (a partial taking `params`) and `scheduler` (a partial taking `optimizer`, with
+    `scheduler_settings` such as `monitor` and `interval`) are objects built from the config by Hydra. `metrics`
+    holds MetricSettings: with `tune_threshold`, each validation picks a threshold on its predictions; it is kept in
+    the `tuned_threshold` buffer (so checkpoints carry the threshold of their epoch) and applied to test.
 
     After each validation and test epoch, `last_metrics[stage]` holds the logged values and
     `last_predictions[stage]` the image and study prediction tables.
@@ -65,11 +44,11 @@ class MURAClassifier(LightningModule):
 
     def __init__(
         self,
+        *,
         backbone: dict[str, Any],
         preprocessing: dict[str, Any],
         study_aggregation: str = "mean",
         metrics: dict[str, Any] | None = None,
-        cam_layer: str | None = None,
         compile: bool = False,
         channels_last: bool = False,
         loss: MuraLoss | None = None,
@@ -79,8 +58,8 @@ class MURAClassifier(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"], logger=False)
-        self.net = build_backbone(**backbone)
-        self.cam_layer = cam_layer
+        self.preprocessing = Preprocessing.from_dict(preprocessing)
+        self.net = build_backbone(**backbone, in_chans=self.preprocessing.in_chans)
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -96,27 +75,13 @@ class MURAClassifier(LightningModule):
         self.last_predictions: dict[str, dict[str, PredictionTable]] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
 
-    def eval_transform(self) -> RadiographTransform:
+    def eval_preset(self) -> EvalPreset:
         """The preprocessing this model was trained with, without augmentation: uint8 radiograph -> input."""
-        preprocessing = self.hparams["preprocessing"]
-        return RadiographTransform(
-            image_size=preprocessing["image_size"],
-            train=False,
-            hflip_prob=0.0,
-            rotation_degrees=0.0,
-            in_chans=self.hparams["backbone"]["in_chans"],
-            mean=preprocessing["mean"],
-            std=preprocessing["std"],
-        )
+        return EvalPreset(preprocessing=self.preprocessing)
 
     def cam_target_layer(self) -> nn.Module:
-        """The layer of `net` whose activations class activation maps are made of (`cam_layer` in the config)."""
-        if not self.cam_layer:
-            raise MuraError("model.cam_layer is not set: name the backbone layer for CAMs, e.g. features.norm5")
-        try:
-            return self.net.get_submodule(self.cam_layer)
-        except AttributeError as err:
-            raise MuraError(f"model.cam_layer={self.cam_layer!r} is not a layer of the backbone: {err}") from err
+        """The layer of `net` whose activations class activation maps are made of (the backbone's `cam_layer`)."""
+        return self.net.get_submodule(backbone_spec(self.hparams["backbone"]["name"]).cam_layer)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """One logit per image, shape (N,)."""
@@ -163,8 +128,11 @@ class MURAClassifier(LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Per-image probabilities with the batch's ids and labels."""
+    def predict_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Per-image probabilities with the batch's ids and labels; None for a batch whose every image was
+        unreadable (data.on_error=skip)."""
+        if batch is None:
+            return None
         probs = self.probabilities(self(batch["image"]))
         return {"prob": probs, **{key: batch[key] for key in ("label", "study", "body_part", "image_id")}}
 

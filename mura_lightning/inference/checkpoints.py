@@ -42,7 +42,7 @@ def load_classifier(path: str | Path, expected_backbone: str | None = None) -> M
     backbone are a CheckpointError naming the keys, not a torch traceback.
     """
     checkpoint = read_checkpoint(path)
-    hparams = dict(checkpoint["hyper_parameters"])
+    hparams = upgrade_hyperparameters(checkpoint["hyper_parameters"])
     name = hparams["backbone"].get("name")
     if expected_backbone is not None and name != expected_backbone:
         raise CheckpointError(f"{path} holds a {name} model, not the {expected_backbone} asked for")
@@ -55,6 +55,26 @@ def load_classifier(path: str | Path, expected_backbone: str | None = None) -> M
         raise CheckpointError(f"the weights in {path} do not fit its {name} model: {mismatch}")
     model.load_state_dict(state)
     return model.eval()
+
+
+def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model hyperparameters in today's form: checkpoints written before preprocessing owned
+    `in_chans` kept it in `backbone`, and a `cam_layer` that now comes with the backbone."""
+    hparams = {key: value for key, value in saved.items() if key != "cam_layer"}
+    backbone = dict(hparams["backbone"])
+    in_chans = backbone.pop("in_chans", None)
+    if in_chans is not None:
+        hparams["preprocessing"] = {**hparams["preprocessing"], "in_chans": in_chans}
+    hparams["backbone"] = backbone
+    return hparams
+
+
+def checkpoint_paths(value: Any) -> list[str]:
+    """`ckpt_path` as a list: one path, or several for an ensemble."""
+    paths = [value] if isinstance(value, (str, Path)) else list(value or [])
+    if not paths:
+        raise CheckpointError("ckpt_path names no checkpoint: pass ckpt_path=FILE or ckpt_path=[FILE,FILE,...]")
+    return [str(path) for path in paths]
 
 
 def datamodule_settings(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,157 @@
+"""InferenceModel: one or several trained networks with their preprocessing, test-time augmentation, threshold
+and study aggregation, as one torch module."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from mura_lightning.data.images import read_grayscale, to_grayscale
+from mura_lightning.data.presets import EvalPreset, Preprocessing
+from mura_lightning.errors import MuraError
+from mura_lightning.inference.checkpoints import checkpoint_paths, load_classifier
+from mura_lightning.inference.tta import TestTimeAugmentation
+from mura_lightning.models.backbones import backbone_spec
+from mura_lightning.models.module import MURAClassifier
+from mura_lightning.thresholds import threshold_in_force
+
+DEFAULT_TTA_DEGREES = 10.0  # as in conf/evaluate.yaml and conf/predict.yaml
+
+Radiograph = str | Path | Image.Image | np.ndarray
+
+
+class InferenceModel(nn.Module):
+    """`forward` maps a normalised batch (N, C, S, S) to abnormality probabilities (N,): the mean, over the
+    networks of an ensemble and the test-time-augmentation views, of sigmoid(logit) in float32. `preprocess`
+    turns a radiograph (file path, PIL image, (H, W) or (H, W, 3|4) uint8 array) into that normalised (C, S, S)
+    tensor exactly as in evaluation; `predict` does both for a list of radiographs.
+
+    `threshold` (abnormal iff probability > threshold) and `study_aggregation` (a study's probability is the mean
+    or max of its images') say how to turn the probabilities into decisions; `describe()` says what it is made of.
+    """
+
+    def __init__(
+        self,
+        nets: Sequence[nn.Module],
+        *,
+        preprocessing: Preprocessing,
+        threshold: float,
+        study_aggregation: str,
+        tta: str = "none",
+        tta_degrees: float = DEFAULT_TTA_DEGREES,
+        names: Sequence[str] = (),
+        sources: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.preprocessing = preprocessing
+        self.preset = EvalPreset(preprocessing=preprocessing)
+        self.tta = TestTimeAugmentation(tta, tta_degrees, preprocessing)
+        self.threshold = threshold
+        self.study_aggregation = study_aggregation
+        self.names = list(names)
+        self.sources = list(sources)
+        self.eval()
+
+    @classmethod
+    def from_classifiers(
+        cls,
+        classifiers: Sequence[MURAClassifier],
+        *,
+        sources: Sequence[str] = (),
+        threshold: float | None = None,
+        study_aggregation: str | None = None,
+        tta: str = "none",
+        tta_degrees: float = DEFAULT_TTA_DEGREES,
+    ) -> InferenceModel:
+        """The trained classifiers as one model (sharing their networks). Members of an ensemble must take the
+        same input; the threshold and aggregation are the given ones, else the models' own (see
+        `threshold_in_force`)."""
+        first = classifiers[0]
+        for classifier, source in zip(classifiers[1:], sources[1:] or [""] * len(classifiers), strict=False):
+            if classifier.preprocessing != first.preprocessing:
+                raise MuraError(
+                    f"the models of an ensemble must take the same input: {source or 'a member'} has "
+                    f"{classifier.preprocessing}, the first has {first.preprocessing}"
+                )
+        return cls(
+            [classifier.net for classifier in classifiers],
+            preprocessing=first.preprocessing,
+            threshold=threshold_in_force(
+                [float(c.tuned_threshold) for c in classifiers], first.metric_settings.threshold, threshold
+            ),
+            study_aggregation=study_aggregation or first.study_aggregation,
+            tta=tta,
+            tta_degrees=tta_degrees,
+            names=[classifier.hparams["backbone"]["name"] for classifier in classifiers],
+            sources=sources,
+        )
+
+    @classmethod
+    def from_checkpoints(cls, ckpt_path: Any, **options: Any) -> InferenceModel:
+        """The model of one checkpoint, or the ensemble of several (`ckpt_path` a path or a list of paths), loaded
+        with `weights_only`; `options` as for `from_classifiers`."""
+        paths = checkpoint_paths(ckpt_path)
+        return cls.from_classifiers([load_classifier(path) for path in paths], sources=paths, **options)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        views = self.tta(images)
+        flat = views.flatten(0, 1)
+        probs = torch.stack([torch.sigmoid(net(flat).float().squeeze(1)) for net in self.nets])
+        return probs.unflatten(1, (views.shape[0], images.shape[0])).mean(dim=(0, 1))
+
+    def preprocess(self, image: Radiograph) -> torch.Tensor:
+        """The normalised (C, S, S) tensor of one radiograph."""
+        return self.preset(as_grayscale(image))
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Radiograph]) -> torch.Tensor:
+        """Abnormality probabilities of a list of radiographs."""
+        device = next(self.parameters()).device
+        batch = torch.stack([self.preprocess(image) for image in images]).to(device)
+        return self(batch).cpu()
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """Each network's layer for class activation maps (its backbone's `cam_layer`)."""
+        return [
+            net.get_submodule(backbone_spec(name).cam_layer) for net, name in zip(self.nets, self.names, strict=True)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """What the predictions come from: backbones, checkpoints, preprocessing, decisions and TTA."""
+        return {
+            "model": "+".join(self.names),
+            "models": self.names,
+            "ckpt_paths": self.sources,
+            "preprocessing": self.preprocessing.to_dict(),
+            "threshold": self.threshold,
+            "study_aggregation": self.study_aggregation,
+            "tta": self.tta.mode,
+            "tta_degrees": self.tta.degrees,
+        }
+
+
+def as_grayscale(image: Radiograph) -> np.ndarray:
+    """The (H, W) uint8 array of a radiograph given as a file path, a PIL image or a uint8 array (gray, RGB or
+    RGBA); other arrays are a MuraError saying what is expected."""
+    if isinstance(image, (str, Path)):
+        return read_grayscale(image)
+    if isinstance(image, Image.Image):
+        return to_grayscale(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise MuraError(f"a radiograph array must be uint8 (0-255), got {array.dtype}: scale it, or pass a PIL image")
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return to_grayscale(Image.fromarray(array))
+    raise MuraError(
+        f"a radiograph array must be (H, W) gray or (H, W, 3|4) RGB(A), got shape {array.shape}; "
+        "channels-first (C, H, W) arrays must be moved to channels-last first"
+    )
