@@ -17,6 +17,10 @@ class MuraError(Exception):
     """A problem the user can fix: bad data, a bad setting, a missing file."""
 
 
+class ImageDecodeError(MuraError, OSError):
+    """A file that cannot be decoded as an image, with its path (here so both PNG and DICOM decoding raise it)."""
+
+
 def exit_on_user_error(task: Callable[..., ReturnT]) -> Callable[..., ReturnT]:
     """Wrap an entry point so a MuraError ends it with its message and exit code 2 instead of a traceback."""
 

@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mura_lightning.errors import MuraError
+from mura_lightning.data.dicom import is_dicom, read_dicom
+from mura_lightning.data.index import is_dataset_image
+from mura_lightning.errors import ImageDecodeError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 SIXTEEN_BIT_MAX = 65535
-
-
-class ImageDecodeError(MuraError, OSError):
-    """A file that cannot be decoded as an image, with its path."""
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
@@ -31,8 +29,17 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("L"), dtype=np.uint8)
 
 
+def is_radiograph(path: str | Path) -> bool:
+    """True for a file predict takes as a radiograph: a dataset PNG, or a DICOM file that is not hidden."""
+    path = Path(path)
+    return is_dataset_image(path.name) or (not path.name.startswith(".") and is_dicom(path))
+
+
 def read_grayscale(path: str | Path) -> np.ndarray:
-    """Decode an image file into an (H, W) uint8 array; an unreadable or truncated file raises ImageDecodeError."""
+    """Decode an image or DICOM file into an (H, W) uint8 array; an unreadable, truncated or unsupported file
+    raises ImageDecodeError."""
+    if is_dicom(path):
+        return read_dicom(path)
     try:
         with Image.open(path) as image:
             image.load()
