@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mura_lightning.data.datamodule import MURADataModule
-from mura_lightning.data.synthetic import generate_synthetic_mura
+from mura_lightning.synthetic import generate_synthetic_mura
 
 DATA_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "data" / "mura.yaml"
 STUDIES_PER_IMAGE = 2.5  # synthetic MURA averages 1-4 images a study

@@ -46,6 +46,7 @@ def datamodule_for(ckpt_path: str, model: MURAClassifier, cfg: DictConfig) -> MU
     expects it (its image size, channels and normalisation), without augmentation or generation."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     base = datamodule_settings(ckpt_path) or {key: value for key, value in data.items() if key != "_target_"}
+    base.pop("synthetic", None)  # generator settings of a SyntheticMURADataModule: evaluation never generates
     root = data["root"] or base.get("root")
     if root is None:
         raise MuraError(f"{ckpt_path} does not say which data it was trained on: pass data.root=/path/to/MURA-v1.1")
@@ -60,7 +61,6 @@ def datamodule_for(ckpt_path: str, model: MURAClassifier, cfg: DictConfig) -> MU
             "std": preprocessing["std"],
             "in_chans": model.hparams["backbone"]["in_chans"],
             "balanced_sampler": False,
-            "synthetic": None,
             "persistent_workers": False,
             "gpu_augment": False,
             **{key: data[key] for key in EVAL_DATA_KEYS},

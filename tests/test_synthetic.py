@@ -8,21 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, run_module
+from conftest import REPO_ROOT, compose, run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from mura_lightning.data import synthetic
-from mura_lightning.data.synthetic import (
-    BODY_PARTS,
-    LESION_KINDS,
-    SyntheticDataError,
-    generate_synthetic_mura,
-    load_spec,
-    plan_studies,
-    render_image,
-)
+from mura_lightning.data.index import BODY_PARTS
+from mura_lightning.synthetic import SyntheticDataError, generate_synthetic_mura, load_spec, write
+from mura_lightning.synthetic.plan import plan_studies
+from mura_lightning.synthetic.render import render_image
+from mura_lightning.synthetic.spec import DEFAULTS_FILE, LESION_KINDS
 
 SMALL = dict(min_side=120, max_side=200, num_workers=1)  # small images keep the tests fast
 OFFICIAL_CSVS = (
@@ -184,7 +179,7 @@ def test_an_interrupted_run_leaves_no_tree(tmp_path, monkeypatch):
     def broken_study(plan, spec, out_dir):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "render_study", broken_study)
+    monkeypatch.setattr(write, "write_study", broken_study)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_mura(tmp_path, studies_per_part=2, seed=0, **SMALL)
     assert list(tmp_path.iterdir()) == []
@@ -198,16 +193,23 @@ def test_unknown_or_bad_settings_are_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_api_defaults_come_from_the_yaml():
-    yaml = OmegaConf.load(REPO_ROOT / "conf" / "synthetic.yaml")
-    spec = load_spec(root="unused", studies_per_part=1, seed=0)
-    for key in ("abnormal_fraction", "valid_fraction", "max_side", "lesion_image_prob", "fracture_gap"):
-        assert OmegaConf.to_container(OmegaConf.create({key: yaml[key]}))[key] == getattr(spec, key)
+def test_every_default_lives_in_the_package_and_the_cli_composes_it():
+    package_defaults = OmegaConf.load(Path(write.__file__).with_name(DEFAULTS_FILE))
+    cli_only = set(OmegaConf.load(REPO_ROOT / "conf" / "synthetic.yaml")) - {"defaults", "hydra"}
+    assert cli_only == {"root", "studies_per_part", "seed"} and not cli_only & set(package_defaults)
+    spec = load_spec(root="unused", studies_per_part=4, seed=0)
+    cli = compose("synthetic", ["root=unused", "studies_per_part=4", "seed=0"])
+    assert OmegaConf.to_container(cli) == OmegaConf.to_container(OmegaConf.structured(spec))
+
+
+def test_root_size_and_seed_have_no_default(tmp_path):
+    with pytest.raises(SyntheticDataError, match="studies_per_part"):
+        load_spec(root=str(tmp_path), seed=0)
 
 
 def run_cli(cwd: Path, *overrides: str):
     env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}
-    return run_module("mura_lightning.data.synthetic", *overrides, cwd=cwd, env=env)
+    return run_module("mura_lightning.synthetic", *overrides, cwd=cwd, env=env)
 
 
 def test_cli_writes_only_under_root(tmp_path):
