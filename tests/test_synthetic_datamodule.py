@@ -42,6 +42,18 @@ def test_synthetic_data_is_generated_on_first_use(tmp_path):
     assert len(datamodule.datasets["train"]) > 0
 
 
+def test_a_small_set_serves_every_subset_for_one_body_part(tmp_path):
+    """studies_per_part=12 with seed 1 once left wrist without valid studies, so its test subset was empty."""
+    root = tmp_path / "synthetic-MURA" / "MURA-v1.1"
+    size = ["data.synthetic.studies_per_part=12", "data.synthetic.seed=1", "+data.synthetic.max_side=64"]
+    datamodule = make_datamodule(root, "bodypart=wrist", "+data.synthetic.min_side=48", *size)
+    datamodule.prepare_data()
+    datamodule.setup()
+    table = datamodule.image_table()
+    assert set(table["subset"]) == {"train", "val", "test"}
+    assert set(table.loc[table["subset"] == "test", "label"]) == {0, 1}
+
+
 def test_evaluation_rebuilds_a_synthetic_run_as_the_plain_datamodule(tmp_path, monkeypatch):
     root = tmp_path / "synthetic-MURA" / "MURA-v1.1"
     settings = dict(make_datamodule(root, *SMALL_TREE).hparams)  # what a checkpoint saves

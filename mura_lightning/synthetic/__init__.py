@@ -20,7 +20,7 @@ anatomy and view (bones, placed in an image), draw and lesions (the attenuation 
 one study), write (files and CSVs); datamodule holds SyntheticMURADataModule, which generates on first use.
 """
 
-from mura_lightning.synthetic.spec import SyntheticDataError, SyntheticSpec, load_spec
+from mura_lightning.synthetic.spec import MIN_STUDIES_PER_PART, SyntheticDataError, SyntheticSpec, load_spec
 from mura_lightning.synthetic.write import generate_synthetic_mura
 
-__all__ = ["SyntheticDataError", "SyntheticSpec", "generate_synthetic_mura", "load_spec"]
+__all__ = ["MIN_STUDIES_PER_PART", "SyntheticDataError", "SyntheticSpec", "generate_synthetic_mura", "load_spec"]

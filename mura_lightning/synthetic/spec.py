@@ -14,6 +14,7 @@ from mura_lightning.errors import MuraError
 
 DEFAULTS_FILE = "defaults.yaml"
 LESION_KINDS = ("fracture", "hardware", "lytic")
+MIN_STUDIES_PER_PART = 4  # every body part gets a train and a valid study of each label
 
 
 class SyntheticDataError(MuraError):
@@ -105,10 +106,16 @@ def load_spec(**overrides: Any) -> SyntheticSpec:
 
 def _validate(spec: SyntheticSpec) -> None:
     problems = []
-    if spec.studies_per_part < 1:
-        problems.append(f"studies_per_part={spec.studies_per_part} must be at least 1")
-    if not 0 <= spec.valid_fraction < 1 or not 0 <= spec.abnormal_fraction <= 1:
-        problems.append("valid_fraction must be in [0, 1) and abnormal_fraction in [0, 1]")
+    if spec.studies_per_part < MIN_STUDIES_PER_PART:
+        problems.append(
+            f"studies_per_part={spec.studies_per_part} is too small: every body part gets train and valid studies "
+            f"of both labels, so it needs at least {MIN_STUDIES_PER_PART}"
+        )
+    if not (0 < spec.valid_fraction < 1 and 0 < spec.abnormal_fraction < 1):
+        problems.append(
+            f"valid_fraction={spec.valid_fraction} and abnormal_fraction={spec.abnormal_fraction} must lie strictly "
+            "between 0 and 1: every body part gets train and valid studies of both labels"
+        )
     if not 0 < spec.min_side <= spec.max_side:
         problems.append(f"need 0 < min_side <= max_side, got {spec.min_side} and {spec.max_side}")
     if not math.isclose(sum(spec.studies_per_patient_probs), 1.0):
