@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mura_lightning.data.datamodule import MURADataModule
-from mura_lightning.data.synthetic import generate_synthetic_mura
+from mura_lightning.synthetic import MIN_STUDIES_PER_PART, generate_synthetic_mura
 
 DATA_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "data" / "mura.yaml"
 PREPROCESSING_CONFIG = DATA_CONFIG.parents[1] / "preprocessing" / "imagenet.yaml"
@@ -89,7 +89,7 @@ def main() -> None:
         scratch = Path(scratch)
         root = args.root
         if root is None:
-            studies = int(args.images * 1.5 / STUDIES_PER_IMAGE / BODY_PARTS_COUNT) + 1
+            studies = max(MIN_STUDIES_PER_PART, int(args.images * 1.5 / STUDIES_PER_IMAGE / BODY_PARTS_COUNT) + 1)
             root = generate_synthetic_mura(scratch / "synthetic", studies_per_part=studies, seed=0)
         figures = {}
         for workers in sorted({1, cores}):

@@ -63,10 +63,11 @@ def pipeline_images_per_s(size: int, batch_size: int, images: int, workers: int,
     """Images/s the cached synthetic-MURA loader delivers to the device, augmented and normalised there."""
     from data_pipeline import datamodule  # benchmarks/ is on sys.path when this file runs as a script
 
-    from mura_lightning.data.synthetic import generate_synthetic_mura
+    from mura_lightning.synthetic import MIN_STUDIES_PER_PART, generate_synthetic_mura
 
     with tempfile.TemporaryDirectory() as scratch:
-        root = generate_synthetic_mura(Path(scratch) / "synthetic", studies_per_part=images // 15 + 1, seed=0)
+        studies = max(MIN_STUDIES_PER_PART, images // 15 + 1)
+        root = generate_synthetic_mura(Path(scratch) / "synthetic", studies_per_part=studies, seed=0)
         module = datamodule(root, size, batch_size, workers, True, Path(scratch) / "cache")
         loader = iter(module.train_dataloader())
         next(loader)

@@ -110,22 +110,3 @@ def test_empty_subset_is_an_error(tmp_path):
     root = write_tree(tmp_path, [Study("train", "hand", p, 1, p % 2) for p in range(1, 9)])
     with pytest.raises(MuraDataError, match="the test subset of hand .* is empty"):
         make_datamodule(root, "bodypart=hand", "data.val_fraction=0.3").setup()
-
-
-def test_synthetic_data_needs_a_root_named_like_the_dataset(tmp_path):
-    datamodule = make_datamodule(tmp_path / "elsewhere", "data.synthetic={studies_per_part: 2, seed: 0}")
-    with pytest.raises(MuraDataError, match="must end in MURA-v1.1"):
-        datamodule.prepare_data()
-
-
-def test_synthetic_data_is_generated_on_first_use(tmp_path):
-    root = tmp_path / "synthetic-MURA" / "MURA-v1.1"
-    synthetic = "data.synthetic={studies_per_part: 3, seed: 1, min_side: 64, max_side: 96, num_workers: 1}"
-    datamodule = make_datamodule(root, synthetic)
-    datamodule.prepare_data()
-    assert (root / "train_image_paths.csv").is_file() and (tmp_path / "synthetic-MURA" / "lesions.csv").is_file()
-    stamp = (root / "train_image_paths.csv").stat().st_mtime_ns
-    datamodule.prepare_data()
-    assert (root / "train_image_paths.csv").stat().st_mtime_ns == stamp
-    datamodule.setup()
-    assert len(datamodule.datasets["train"]) > 0

@@ -198,7 +198,7 @@ def test_selecting_parts_keeps_only_their_rows(mura_root):
 
 
 def test_csv_and_folder_indexes_agree_on_synthetic_mura(tmp_path):
-    from mura_lightning.data.synthetic import generate_synthetic_mura
+    from mura_lightning.synthetic import generate_synthetic_mura
 
     root = generate_synthetic_mura(tmp_path, studies_per_part=4, seed=3, min_side=64, max_side=96, num_workers=1)
     from_csv = build_index(root)

@@ -166,7 +166,9 @@ def test_evaluate_skips_unreadable_images_even_when_a_whole_batch_is_unreadable(
     assert values["unreadable_images"] == 1
     images = pd.read_csv(tmp_path / "eval/predictions_images.csv")
     assert broken not in set(images["path"]) and len(images) == len(list((root / "valid").rglob("*.png"))) - 1
-    with pytest.raises(MuraError, match=f"(?s)1 images could not be read:\n  cannot decode image {broken}.*on_error=skip"):
+    with pytest.raises(
+        MuraError, match=f"(?s)1 images could not be read:\n  cannot decode image {broken}.*on_error=skip"
+    ):
         run_evaluate(tmp_path / "raise", trained[1], f"data.root={root}")
 
 

@@ -8,21 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, run_module
+from conftest import REPO_ROOT, compose, run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from mura_lightning.data import synthetic
-from mura_lightning.data.synthetic import (
-    BODY_PARTS,
-    LESION_KINDS,
-    SyntheticDataError,
-    generate_synthetic_mura,
-    load_spec,
-    plan_studies,
-    render_image,
-)
+from mura_lightning.data.index import BODY_PARTS
+from mura_lightning.synthetic import SyntheticDataError, generate_synthetic_mura, load_spec, write
+from mura_lightning.synthetic.plan import plan_studies
+from mura_lightning.synthetic.render import render_image
+from mura_lightning.synthetic.spec import DEFAULTS_FILE, LESION_KINDS
 
 SMALL = dict(min_side=120, max_side=200, num_workers=1)  # small images keep the tests fast
 OFFICIAL_CSVS = (
@@ -118,7 +113,7 @@ def test_lesions_sit_in_abnormal_studies_inside_the_image(tree):
 
 
 def test_every_body_part_and_lesion_kind_renders_boxes_inside_the_image():
-    spec = load_spec(root="unused", studies_per_part=1, seed=0, **SMALL)
+    spec = load_spec(root="unused", studies_per_part=4, seed=0, **SMALL)
     rng = np.random.default_rng(0)
     for part in BODY_PARTS:
         normal, none = render_image(part, rng, spec)
@@ -139,7 +134,7 @@ def test_patients_are_split_disjointly_and_numbered_train_first():
     assert max(patients["train"]) < min(patients["valid"])
     assert all(sum(p.part == part for p in plans) == 60 for part in BODY_PARTS)
     assert 0.1 < len(patients["valid"]) / (len(patients["train"]) + len(patients["valid"])) < 0.3
-    assert 0.3 < np.mean([p.label for p in plans]) < 0.5
+    assert all(sum(p.label for p in plans if p.part == part) == 24 for part in BODY_PARTS)  # 40 % of 60
     by_patient = defaultdict(list)
     for plan in plans:
         by_patient[plan.patient].append(plan)
@@ -175,7 +170,7 @@ def test_whole_image_statistics_do_not_give_the_label_away(tmp_path):
 def test_an_existing_tree_is_never_overwritten(tree):
     before = tree_digest(tree)
     with pytest.raises(SyntheticDataError, match=r"MURA-v1\.1 already exists; delete it"):
-        generate_synthetic_mura(tree, studies_per_part=2, seed=5, **SMALL)
+        generate_synthetic_mura(tree, studies_per_part=4, seed=5, **SMALL)
     assert tree_digest(tree) == before
     assert sorted(p.name for p in tree.iterdir()) == ["MURA-v1.1", "lesions.csv"]
 
@@ -184,34 +179,54 @@ def test_an_interrupted_run_leaves_no_tree(tmp_path, monkeypatch):
     def broken_study(plan, spec, out_dir):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "render_study", broken_study)
+    monkeypatch.setattr(write, "write_study", broken_study)
     with pytest.raises(KeyboardInterrupt):
-        generate_synthetic_mura(tmp_path, studies_per_part=2, seed=0, **SMALL)
+        generate_synthetic_mura(tmp_path, studies_per_part=4, seed=0, **SMALL)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_or_bad_settings_are_refused(tmp_path):
     with pytest.raises(SyntheticDataError, match="bogus"):
-        generate_synthetic_mura(tmp_path, studies_per_part=2, seed=0, bogus=1)
+        generate_synthetic_mura(tmp_path, studies_per_part=4, seed=0, bogus=1)
     with pytest.raises(SyntheticDataError, match="min_side"):
-        generate_synthetic_mura(tmp_path, studies_per_part=2, seed=0, min_side=300, max_side=200)
+        generate_synthetic_mura(tmp_path, studies_per_part=4, seed=0, min_side=300, max_side=200)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_api_defaults_come_from_the_yaml():
-    yaml = OmegaConf.load(REPO_ROOT / "conf" / "synthetic.yaml")
-    spec = load_spec(root="unused", studies_per_part=1, seed=0)
-    for key in ("abnormal_fraction", "valid_fraction", "max_side", "lesion_image_prob", "fracture_gap"):
-        assert OmegaConf.to_container(OmegaConf.create({key: yaml[key]}))[key] == getattr(spec, key)
+@pytest.mark.parametrize("studies_per_part", [1, 3])
+def test_sizes_too_small_for_train_and_valid_studies_of_both_labels_are_refused(tmp_path, studies_per_part):
+    with pytest.raises(SyntheticDataError, match=f"studies_per_part={studies_per_part} is too small.*at least 4"):
+        generate_synthetic_mura(tmp_path, studies_per_part=studies_per_part, seed=0, **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("knob", [{"valid_fraction": 0.0}, {"abnormal_fraction": 1.0}])
+def test_fractions_that_leave_a_split_or_label_empty_are_refused(knob):
+    with pytest.raises(SyntheticDataError, match="strictly between 0 and 1"):
+        load_spec(root="unused", studies_per_part=12, seed=0, **knob)
+
+
+def test_every_default_lives_in_the_package_and_the_cli_composes_it():
+    package_defaults = OmegaConf.load(Path(write.__file__).with_name(DEFAULTS_FILE))
+    cli_only = set(OmegaConf.load(REPO_ROOT / "conf" / "synthetic.yaml")) - {"defaults", "hydra"}
+    assert cli_only == {"root", "studies_per_part", "seed"} and not cli_only & set(package_defaults)
+    spec = load_spec(root="unused", studies_per_part=4, seed=0)
+    cli = compose("synthetic", ["root=unused", "studies_per_part=4", "seed=0"])
+    assert OmegaConf.to_container(cli) == OmegaConf.to_container(OmegaConf.structured(spec))
+
+
+def test_root_size_and_seed_have_no_default(tmp_path):
+    with pytest.raises(SyntheticDataError, match="studies_per_part"):
+        load_spec(root=str(tmp_path), seed=0)
 
 
 def run_cli(cwd: Path, *overrides: str):
     env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}
-    return run_module("mura_lightning.data.synthetic", *overrides, cwd=cwd, env=env)
+    return run_module("mura_lightning.synthetic", *overrides, cwd=cwd, env=env)
 
 
 def test_cli_writes_only_under_root(tmp_path):
-    overrides = (f"root={tmp_path / 'out'}", "studies_per_part=2", "seed=0", "max_side=200", "num_workers=1")
+    overrides = (f"root={tmp_path / 'out'}", "studies_per_part=4", "seed=0", "max_side=200", "num_workers=1")
     done = run_cli(tmp_path, *overrides)
     assert done.returncode == 0, done.stderr
     assert "synthetic MURA:" in done.stdout and "images/s" in done.stdout
@@ -219,3 +234,15 @@ def test_cli_writes_only_under_root(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["MURA-v1.1", "lesions.csv"]
     again = run_cli(tmp_path, *overrides)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("studies_per_part", "knobs"),
+    [(12, {}), (4, {}), (12, {"valid_fraction": 0.05, "abnormal_fraction": 0.05}), (60, {"abnormal_fraction": 0.9})],
+)
+def test_every_body_part_has_train_and_valid_studies_of_both_labels(studies_per_part, knobs):
+    for seed in range(8):
+        plans = plan_studies(load_spec(root="unused", studies_per_part=studies_per_part, seed=seed, **knobs))
+        present = {(plan.part, plan.split, plan.label) for plan in plans}
+        wanted = {(part, split, label) for part in BODY_PARTS for split in ("train", "valid") for label in (0, 1)}
+        assert not wanted - present, f"seed={seed}: no studies for {sorted(wanted - present)}"

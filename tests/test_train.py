@@ -70,7 +70,7 @@ def test_experiments_set_their_recipes(tmp_path):
     assert paper.scheduler.builder.factor == 0.1 and paper.scheduler.monitor == "val/loss"
     assert paper.loss._target_.endswith("WeightedBCELoss")
     demo = compose("train", ["experiment=demo", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
-    assert demo.data.synthetic is not None and demo.model.preprocessing.image_size == 128
+    assert demo.data._target_.endswith("SyntheticMURADataModule") and demo.model.preprocessing.image_size == 128
     assert not demo.model.backbone.pretrained and demo.trainer.accelerator == "cpu"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -20,8 +19,6 @@ from mura_lightning.data.splits import assign_subsets, class_counts
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC_FOLDER = "MURA-v1.1"
-
 
 class MURADataModule(LightningDataModule):
     """MURA for one body part, several, or all: official `train` split by patient into train/val,
@@ -30,11 +27,10 @@ class MURADataModule(LightningDataModule):
     `preprocessing` is the model's (`MURAClassifier.preprocessing`, as a dict): the data follows the model.
     Training images are flipped (`hflip_prob`) and rotated (`rotation_degrees`) by `BatchAugment`.
 
-    `synthetic`, when given, holds the generator's settings: `prepare_data` then writes synthetic MURA at
-    `root` on first use (root must end in MURA-v1.1). With `cache`, every image is decoded and resized once
-    into a memory-mapped array under `cache_dir` (see ImageCache), so workers only copy bytes. With
-    `gpu_augment`, batches leave the workers as uint8 and are flipped, rotated (training) and normalised on the
-    device, in `on_after_batch_transfer`.
+    With `cache`, every image is decoded and resized once into a memory-mapped array under `cache_dir` (see
+    ImageCache), so workers only copy bytes. With `gpu_augment`, batches leave the workers as uint8 and are
+    flipped, rotated (training) and normalised on the device, in `on_after_batch_transfer`. Synthetic MURA,
+    generated on first use, is mura_lightning.synthetic.datamodule.SyntheticMURADataModule.
     """
 
     def __init__(
@@ -53,7 +49,6 @@ class MURADataModule(LightningDataModule):
         persistent_workers: bool = False,
         balanced_sampler: bool = False,
         on_error: str = "raise",
-        synthetic: dict[str, Any] | None = None,
         cache: bool = False,
         cache_dir: str | None = None,
         gpu_augment: bool = False,
@@ -70,7 +65,6 @@ class MURADataModule(LightningDataModule):
         self.seed = seed
         self.balanced_sampler = balanced_sampler
         self.on_error = on_error
-        self.synthetic = dict(synthetic) if synthetic else None
         if cache and not cache_dir:
             raise MuraDataError("data.cache=true needs data.cache_dir: a folder for the preprocessed images")
         self.cache_dir = Path(cache_dir).expanduser() if cache and cache_dir else None
@@ -84,15 +78,7 @@ class MURADataModule(LightningDataModule):
         self.datasets: dict[str, MuraImageDataset] = {}
 
     def prepare_data(self) -> None:
-        """Generate synthetic MURA at `root` when configured and not there yet, and build the image cache when
-        asked for (runs on one process only, before `setup` on all)."""
-        if self.synthetic is not None and not self.root.exists():
-            if self.root.name != SYNTHETIC_FOLDER:
-                raise MuraDataError(f"data.root={self.root} must end in {SYNTHETIC_FOLDER} to generate synthetic MURA")
-            from mura_lightning.data.synthetic import generate_synthetic_mura
-
-            log.info("generating synthetic MURA at %s", self.root)
-            generate_synthetic_mura(self.root.parent, **self.synthetic)
+        """Build the image cache when asked for (runs on one process only, before `setup` on all)."""
         if self.cache_dir is not None:
             self._image_cache(self._selected_frame())
 

@@ -259,7 +259,7 @@ def build_index(root: str | Path, on_error: str = "raise", splits: Iterable[str]
     if not root.is_dir():
         raise MuraDataError(
             f"data.root={root} does not exist. Point data.root at the MURA-v1.1 folder, or generate a "
-            "synthetic one: python -m mura_lightning.data.synthetic root=data/synthetic-MURA"
+            "synthetic one: python -m mura_lightning.synthetic root=data/synthetic-MURA studies_per_part=120 seed=0"
         )
     problems, skipped, source, rows = _Problems(), Counter(), {}, []
     for split in splits:

@@ -1,0 +1,20 @@
+"""CLI: `python -m mura_lightning.synthetic root=DIR studies_per_part=N seed=S [knob=VALUE ...]`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mura_lightning.errors import exit_on_user_error
+from mura_lightning.synthetic.write import generate_synthetic_mura
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="synthetic")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    """Generate synthetic MURA with conf/synthetic.yaml (the package's defaults) and the command line's overrides."""
+    generate_synthetic_mura(**OmegaConf.to_container(cfg, resolve=True))
+
+
+if __name__ == "__main__":
+    main()
