@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import open_memmap
-from rich.progress import Progress
 
 from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.transforms import RadiographTransform
 from mura_lightning.errors import MuraError
+from mura_lightning.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,16 @@ def _build(folder: Path, paths: list[str], image_size: int, num_workers: int) ->
         chunks = [(start, paths[start : start + CHUNK_SIZE]) for start in range(0, len(paths), CHUNK_SIZE)]
         work = partial(_resize_chunk, target=str(target), transform=transform)
         failed: list[int] = []
-        with Progress() as progress:
-            task = progress.add_task(f"caching {len(paths)} images at {image_size} px", total=len(paths))
+        with progress(f"caching {len(paths)} images at {image_size} px", len(paths), unit="images") as bar:
             if num_workers > 1:
                 with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
                     for chunk, chunk_failed in zip(chunks, pool.imap(work, chunks), strict=True):
                         failed += chunk_failed
-                        progress.advance(task, len(chunk[1]))
+                        bar.advance(len(chunk[1]))
             else:
                 for chunk in chunks:
                     failed += work(chunk)
-                    progress.advance(task, len(chunk[1]))
+                    bar.advance(len(chunk[1]))
         readable = np.ones(len(paths), dtype=bool)
         readable[failed] = False
         manifest = {
