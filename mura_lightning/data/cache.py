@@ -7,8 +7,7 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
-import tempfile
+import re
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -20,6 +19,7 @@ from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.transforms import RadiographTransform
 from mura_lightning.errors import MuraError
 from mura_lightning.progress import progress
+from mura_lightning.staging import remove_dead_staging, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ CACHE_VERSION = 1  # bump when decoding or resizing changes: old caches are then
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.json"
 CHUNK_SIZE = 64
+KEY_LENGTH = 20
+STAGING_NAME = re.compile(rf"\.[0-9a-f]{{{KEY_LENGTH}}}\..+")  # .<key>.<random>: a build in progress, or a killed one
 
 
 class ImageCache:
@@ -35,7 +37,7 @@ class ImageCache:
     It lives in `cache_dir/<key>/`, where the key hashes the cache version, the image size and every path
     with its size and modification time, so a change of any of them builds a new cache. A cache is built in a
     temporary folder and renamed into place when complete: a killed build never leaves a cache that looks
-    complete.
+    complete, and the next build removes the temporary folders of builds whose process is gone.
     """
 
     def __init__(self, folder: Path, paths: Sequence[str], readable: np.ndarray) -> None:
@@ -62,7 +64,7 @@ def cache_key(paths: Sequence[str], image_size: int) -> str:
     for path in paths:
         stat = os.stat(path)
         digest.update(f"\n{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:20]
+    return digest.hexdigest()[:KEY_LENGTH]
 
 
 def _resize_chunk(chunk: tuple[int, list[str]], target: str, transform: RadiographTransform) -> list[int]:
@@ -90,9 +92,8 @@ def build_cache(paths: Sequence[str], image_size: int, cache_dir: str | Path, nu
 
 
 def _build(folder: Path, paths: list[str], image_size: int, num_workers: int) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    remove_dead_staging(folder.parent, STAGING_NAME)
+    with staging_folder(folder.parent, prefix=f".{folder.name}.") as staging:
         target = staging / IMAGES_FILE
         open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size)).flush()
         transform = RadiographTransform(image_size, False, 0.0, 0.0, 1, [0.0], [1.0])
@@ -123,6 +124,4 @@ def _build(folder: Path, paths: list[str], image_size: int, num_workers: int) ->
         except OSError as err:
             if not (folder / MANIFEST_FILE).is_file():
                 raise MuraError(f"cannot move the image cache into {folder}: {err}") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("image cache ready: %s (%d images, %d unreadable)", folder, len(paths), len(failed))
