@@ -10,7 +10,6 @@ job of a multirun launches its own processes instead of hanging on the last job'
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,14 +19,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict, read_write
 
 LAUNCH_ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-UNSAFE_DIRNAME_CHARS = re.compile(r"[^A-Za-z0-9._,=+\-\[\]]+")
-MAX_DIRNAME_LENGTH = 120
-
-
-def safe_dirname(overrides: str) -> str:
-    """A folder name made from Hydra's override string: no slashes or odd characters, bounded length."""
-    name = UNSAFE_DIRNAME_CHARS.sub("_", overrides).strip("_") or "defaults"
-    return name[:MAX_DIRNAME_LENGTH]
 
 
 def _pin_children_to_this_job() -> None:

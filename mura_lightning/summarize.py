@@ -53,6 +53,8 @@ JOB_NUMBER = re.compile(r"^(\d+)_")
 CHART_SIZE = (8.0, 4.5)  # inches
 CHART_DPI = 120
 DECIMALS = 3
+SHOWN_OVERRIDES = ("model=", "bodypart=")  # in the backbone and body part columns: left out of the terminal's
+CELL_PADDING = 0  # the box already puts a space between columns
 MIN_COLUMN_WIDTH = DECIMALS + 2  # terminal characters, enough for a number such as 0.667
 
 
@@ -270,14 +272,22 @@ def chart(frame: pd.DataFrame, metric: str) -> Figure:
     return figure
 
 
-def rich_table(frame: pd.DataFrame, title: str) -> Table:
-    """A DataFrame (its columns) as a rich table, numbers to 3 decimals, cells shown verbatim (no markup)."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, min_width=len(title))
+def rich_table(frame: pd.DataFrame, title: str, shrink: tuple[str, ...] = ()) -> Table:
+    """A DataFrame (its columns) as a rich table, numbers to 3 decimals, cells shown verbatim (no markup), one
+    line per row: where the console is too narrow, the `shrink` columns give up their width first (their cells
+    cut short with '…'), then all columns alike; headers and numbers keep their width."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, min_width=len(title), padding=CELL_PADDING, pad_edge=False)
     for column, header in zip(frame.columns, _headers(list(frame.columns)), strict=True):
         numeric = pd.api.types.is_float_dtype(frame[column])
-        table.add_column(header, justify="right" if numeric else "left", overflow="fold", min_width=MIN_COLUMN_WIDTH)
+        table.add_column(
+            header,
+            justify="right" if numeric else "left",
+            no_wrap=column not in shrink,
+            overflow="ellipsis",
+            min_width=max(len(header), MIN_COLUMN_WIDTH) if numeric else None,
+        )
     for row in frame.itertuples(index=False):
-        table.add_row(*(Text(_cell(value)) for value in row))
+        table.add_row(*(Text(_cell(value), no_wrap=True, overflow="ellipsis") for value in row))
     return table
 
 
@@ -312,15 +322,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_summary(frame: pd.DataFrame, pivot: pd.DataFrame, title: str, metric: str, console: Console) -> None:
-    """Print the job table (jobs by number, the main metrics, errors listed under it) and the pivot table."""
-    columns = ["job", "backbone", "body_part", "overrides", "status", *dict.fromkeys([*TERMINAL_METRICS, metric])]
-    compact = frame[columns].assign(job=[_job_label(name) for name in frame["job"]])
-    console.print(rich_table(compact, f"{title}: {status_counts(frame)}"))
+    """Print the job table (jobs by number, the main metrics, errors listed under it) and the pivot table, one
+    line per row however narrow the console: the overrides column is cut short first (summary.md has it all)."""
+    columns = ["job", "backbone", "body_part", "status", *dict.fromkeys([*TERMINAL_METRICS, metric]), "overrides"]
+    compact = frame[columns].assign(
+        job=[_job_label(name) for name in frame["job"]],
+        overrides=[_other_overrides(text) for text in frame["overrides"]],
+    )
+    console.print(rich_table(compact, f"{title}: {status_counts(frame)}", shrink=("overrides",)))
     for job, error in zip(compact["job"], frame["error"], strict=True):
         if error:
             console.print(Text(f"job {job} failed: {error}"))
     if not pivot.empty:
         console.print(rich_table(pivot.reset_index(), f"{metric} by backbone and body part"))
+
+
+def _other_overrides(overrides: str) -> str:
+    """The overrides but those the backbone and body part columns already show."""
+    return " ".join(item for item in overrides.split(" ") if not item.startswith(SHOWN_OVERRIDES))
 
 
 def _job_label(name: str) -> str:

@@ -18,15 +18,13 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from mura_lightning.config import instantiate, instantiate_all
 from mura_lightning.data.index import resolve_body_parts
 from mura_lightning.errors import MuraError
-from mura_lightning.hydra_ddp import distributed_job, safe_dirname
+from mura_lightning.hydra_ddp import distributed_job
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
 from mura_lightning.metrics import LEVELS
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
 from mura_lightning.report import print_metrics_table
 
 log = logging.getLogger(__name__)
-
-OmegaConf.register_new_resolver("mura.dirname", safe_dirname, replace=True)
 
 HPARAM_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "metrics")
 HPARAM_METRICS = ("kappa", "auroc", "accuracy", "sensitivity", "specificity", "f1_abnormal")

@@ -3,8 +3,10 @@ terminal table, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import traceback
 from functools import partial
 from pathlib import Path
@@ -13,10 +15,20 @@ import pandas as pd
 import pytest
 from conftest import compose_run, run_module
 from mura_trees import standard_studies, write_tree
+from rich.console import Console
 
 from mura_lightning import train as train_module
 from mura_lightning.errors import MuraError
-from mura_lightning.summarize import TABLE_METRICS, chart, first_error_line, main, summarize, summary_frame
+from mura_lightning.summarize import (
+    TABLE_METRICS,
+    chart,
+    first_error_line,
+    main,
+    print_summary,
+    rich_table,
+    summarize,
+    summary_frame,
+)
 
 COMMON = ["data.root=/data/MURA-v1.1", "trainer=cpu"]
 KAPPA = "test/study/kappa"
@@ -187,7 +199,7 @@ def test_terminal_shows_jobs_errors_and_pivot(sweep, capsys, monkeypatch):
     assert "6 jobs: 4 ok, 1 failed, 1 unfinished" in out
     assert "job 3 failed: mura_lightning.errors.MuraError: data.val_fraction=1.5" in out
     assert "unfinished" in out and "hand+wrist" in out
-    assert "bodypart=[hand,wrist]" in out, "cells are shown verbatim, not read as rich markup"
+    assert "bodypart=[hand,wrist]" not in out, "the body part column shows it, the overrides column leaves it out"
     assert "test/study/kappa by backbone and body part" in out
     assert (sweep / "summary.csv").is_file()
 
@@ -285,3 +297,27 @@ def test_summary_frame_keeps_jobs_without_metrics_as_nan():
     frame = summary_frame(jobs, KAPPA)
     assert frame[list(TABLE_METRICS)].isna().all(axis=None)
     assert frame["overrides"][0] == "", "an override every job shares is not repeated per row"
+
+
+def test_the_tables_fit_an_80_column_terminal_one_line_per_row(sweep):
+    summary = summarize(sweep)
+    console = Console(width=80, record=True, file=io.StringIO())
+    print_summary(summary["summary"], summary["pivot"], sweep.name, KAPPA, console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for job in ("0", "1", "2", "3", "4", "10"):
+        (row,) = [line for line in lines if re.match(rf"\s*{job}\s", line)]
+        assert re.search(r"densenet169|resnet50", row) and re.search(r"ok|failed|unfinished", row), row
+    for number in ("0.600", "0.700", "0.500", "0.800"):
+        assert any(number in line for line in lines), f"{number} is shown whole"
+    header = [line for line in lines if "job" in line and "backbone" in line]
+    assert len(header) == 1 and "test kappa" in header[0], "headers stay on one line"
+    (job_4,) = [line for line in lines if re.match(r"\s*4\s", line)]
+    assert job_4.rstrip().endswith("seed=2"), "the override that tells job 4 from job 0"
+    assert "densenet169 0.700 0.700" in re.sub(r"\s+", " ", "\n".join(lines)), "the pivot table"
+
+
+def test_terminal_cells_are_shown_verbatim_not_read_as_rich_markup():
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(rich_table(pd.DataFrame({"overrides": ["x=[bold]y[/bold]"]}), "t"))
+    assert "x=[bold]y[/bold]" in console.export_text()

@@ -222,7 +222,7 @@ def test_multirun_over_body_parts_writes_one_folder_per_job(mura_root, tmp_path)
     result, sweep = multirun(mura_root, tmp_path, "bodypart=shoulder,wrist")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = job_dirs(sweep)
-    assert [job.name.split(",")[0] for job in jobs] == ["0_bodypart=shoulder", "1_bodypart=wrist"]
+    assert [job.name.split("__")[0] for job in jobs] == ["0_bodypart-shoulder", "1_bodypart-wrist"]
     assert [read_results(job)["body_parts"] for job in jobs] == [["shoulder"], ["wrist"]]
 
 
@@ -240,7 +240,7 @@ def test_ddp_cpu_multirun_keeps_every_rank_in_its_job_folder(mura_root, tmp_path
     result, sweep = multirun(mura_root, tmp_path, "trainer=ddp_cpu", "bodypart=shoulder,wrist")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = job_dirs(sweep)
-    assert [job.name.split(",")[0] for job in jobs] == ["0_bodypart=shoulder", "1_bodypart=wrist"]
+    assert [job.name.split("__")[0] for job in jobs] == ["0_bodypart-shoulder", "1_bodypart-wrist"]
     for job in jobs:
         assert read_results(job)["test/study/kappa"] is not None
         assert (job / "train_ddp_process_1.log").exists()

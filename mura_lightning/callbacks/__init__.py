@@ -1,1 +1,1 @@
-"""Lightning callbacks: metric figures and tables, CAM heatmaps."""
+"""Lightning callbacks: metric figures and tables, CAM heatmaps, progress for terminals and log files."""

@@ -7,19 +7,19 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
-import tempfile
+import re
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import open_memmap
-from rich.progress import Progress
 
 from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.presets import resize
 from mura_lightning.errors import MuraError
+from mura_lightning.progress import progress
+from mura_lightning.staging import remove_dead_staging, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ CACHE_VERSION = 1  # bump when decoding or resizing changes: old caches are then
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.json"
 CHUNK_SIZE = 64
+KEY_LENGTH = 20
+STAGING_NAME = re.compile(rf"\.[0-9a-f]{{{KEY_LENGTH}}}\..+")  # .<key>.<random>: a build in progress, or a killed one
 
 
 class ImageCache:
@@ -35,7 +37,7 @@ class ImageCache:
     It lives in `cache_dir/<key>/`, where the key hashes the cache version, the image size and every path
     with its size and modification time, so a change of any of them builds a new cache. A cache is built in a
     temporary folder and renamed into place when complete: a killed build never leaves a cache that looks
-    complete.
+    complete, and the next build removes the temporary folders of builds whose process is gone.
     """
 
     def __init__(self, folder: Path, paths: Sequence[str], readable: np.ndarray) -> None:
@@ -62,7 +64,7 @@ def cache_key(paths: Sequence[str], image_size: int) -> str:
     for path in paths:
         stat = os.stat(path)
         digest.update(f"\n{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:20]
+    return digest.hexdigest()[:KEY_LENGTH]
 
 
 def _resize_chunk(chunk: tuple[int, list[str]], target: str, image_size: int) -> list[int]:
@@ -90,25 +92,23 @@ def build_cache(paths: Sequence[str], image_size: int, cache_dir: str | Path, nu
 
 
 def _build(folder: Path, paths: list[str], image_size: int, num_workers: int) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    remove_dead_staging(folder.parent, STAGING_NAME)
+    with staging_folder(folder.parent, prefix=f".{folder.name}.") as staging:
         target = staging / IMAGES_FILE
         open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size)).flush()
         chunks = [(start, paths[start : start + CHUNK_SIZE]) for start in range(0, len(paths), CHUNK_SIZE)]
         work = partial(_resize_chunk, target=str(target), image_size=image_size)
         failed: list[int] = []
-        with Progress() as progress:
-            task = progress.add_task(f"caching {len(paths)} images at {image_size} px", total=len(paths))
+        with progress(f"caching {len(paths)} images at {image_size} px", len(paths), unit="images") as bar:
             if num_workers > 1:
                 with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
                     for chunk, chunk_failed in zip(chunks, pool.imap(work, chunks), strict=True):
                         failed += chunk_failed
-                        progress.advance(task, len(chunk[1]))
+                        bar.advance(len(chunk[1]))
             else:
                 for chunk in chunks:
                     failed += work(chunk)
-                    progress.advance(task, len(chunk[1]))
+                    bar.advance(len(chunk[1]))
         readable = np.ones(len(paths), dtype=bool)
         readable[failed] = False
         manifest = {
@@ -123,6 +123,4 @@ def _build(folder: Path, paths: list[str], image_size: int, num_workers: int) ->
         except OSError as err:
             if not (folder / MANIFEST_FILE).is_file():
                 raise MuraError(f"cannot move the image cache into {folder}: {err}") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("image cache ready: %s (%d images, %d unreadable)", folder, len(paths), len(failed))
