@@ -1,5 +1,6 @@
 """`python -m mura_lightning.predict ckpt_path=FILE input=PATH output=DIR [cam=true] [tta=hflip]`: probabilities
-for new radiographs (PNG or DICOM), per image and per study, with optional CAM overlays."""
+for new radiographs (PNG or DICOM), per image and per study, with optional CAM overlays. `predictions.csv` names
+each file by its path (and a DICOM by its SOP Instance UID); nothing else is taken from DICOM headers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from mura_lightning.data.dicom import is_dicom, sop_instance_uid
+from mura_lightning.data.images import ImageDecodeError, is_radiograph
 from mura_lightning.data.index import body_part_of, folder_label
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluate import write_submission
@@ -27,7 +30,7 @@ from mura_lightning.io import write_atomically
 log = logging.getLogger(__name__)
 
 IMAGE_PATHS_SUFFIX = "_image_paths.csv"
-COLUMNS = ["level", "path", "study", "body_part", "label", "prob", "pred", "error"]
+COLUMNS = ["level", "path", "sop_instance_uid", "study", "body_part", "label", "prob", "pred", "error"]
 CAM_FOLDER = "cams"
 
 
@@ -48,11 +51,6 @@ def _describe(file: Path, name: str) -> Radiograph:
     return Radiograph(file, name, study, next((p for p in parts if p), ""), folder_label(file.parent.name))
 
 
-def is_input_file(path: Path) -> bool:
-    """A file predict takes: a dataset PNG (not `._*` or `.DS_Store`)."""
-    return not path.name.startswith(".") and path.suffix.lower() == ".png"
-
-
 def collect_inputs(source: Path) -> tuple[list[Radiograph], bool]:
     """The radiographs of `source` (an image, a study folder, a folder of studies, or an `*_image_paths.csv`
     whose rows are relative to the parent of the dataset folder), and whether it was such a CSV."""
@@ -64,12 +62,12 @@ def collect_inputs(source: Path) -> tuple[list[Radiograph], bool]:
     if source.is_file() and source.name.endswith(IMAGE_PATHS_SUFFIX):
         base = source.parent.parent
         rows = [line.strip() for line in source.read_text().splitlines() if line.strip()]
-        return [_describe(base / row, row) for row in rows if is_input_file(Path(row))], True
+        return [_describe(base / row, row) for row in rows if is_radiograph(base / row)], True
     if source.is_file():
         return [_describe(source, f"{source.parent.name}/{source.name}")], False
-    files = sorted(path for path in source.rglob("*") if path.is_file() and is_input_file(path))
+    files = sorted(path for path in source.rglob("*") if path.is_file() and is_radiograph(path))
     if not files:
-        raise MuraError(f"input={source} holds no radiographs (PNG files)")
+        raise MuraError(f"input={source} holds no radiographs (PNG or DICOM files)")
     return [_describe(path, path.relative_to(source.parent).as_posix()) for path in files], False
 
 
@@ -99,6 +97,16 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     return table
 
 
+def dicom_uid(file: Path) -> str:
+    """The SOP Instance UID of a DICOM input ("" for other files, and for DICOMs without one or unreadable)."""
+    if not is_dicom(file):
+        return ""
+    try:
+        return sop_instance_uid(file) or ""
+    except ImageDecodeError:
+        return ""
+
+
 def _decisions(probs: np.ndarray, threshold: float) -> pd.arrays.IntegerArray:
     return pd.array([None if np.isnan(p) else int(p > threshold) for p in probs], dtype="Int64")
 
@@ -109,6 +117,7 @@ def prediction_table(radiographs, probs, errors, threshold: float, aggregation: 
         {
             "level": "image",
             "path": [r.name for r in radiographs],
+            "sop_instance_uid": [dicom_uid(r.file) for r in radiographs],
             "study": [r.study for r in radiographs],
             "body_part": [r.body_part for r in radiographs],
             "label": pd.array([r.label for r in radiographs], dtype="Int64"),
@@ -123,6 +132,7 @@ def prediction_table(radiographs, probs, errors, threshold: float, aggregation: 
     )
     studies = images.drop_duplicates("study").set_index("study").loc[names[ids.numpy()]].reset_index()
     studies["level"], studies["path"], studies["prob"] = "study", studies["study"], study_probs.numpy()
+    studies["sop_instance_uid"] = ""
     studies["pred"] = _decisions(studies["prob"].to_numpy(), threshold)
     studies["error"] = ["" if not np.isnan(p) else "no image of the study could be read" for p in studies["prob"]]
     return pd.concat([images, studies[COLUMNS]], ignore_index=True)[COLUMNS]

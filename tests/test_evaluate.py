@@ -176,7 +176,17 @@ def test_predict_each_input_kind_gives_the_evaluation_probabilities(trained, ref
     assert len(studies) == images["study"].nunique()
     assert (out / "submission.csv").exists() == (kind == "csv")
     written = pd.read_csv(out / "predictions.csv")
-    assert list(written.columns) == ["level", "path", "study", "body_part", "label", "prob", "pred", "error"]
+    assert list(written.columns) == [
+        "level",
+        "path",
+        "sop_instance_uid",
+        "study",
+        "body_part",
+        "label",
+        "prob",
+        "pred",
+        "error",
+    ]
 
 
 def test_predict_lists_unreadable_images_and_predicts_the_rest(trained, tmp_path):

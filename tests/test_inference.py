@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, compose, compose_run, run_module
 from mura_trees import standard_studies, write_tree
+from PIL import Image
 
 from mura_lightning.data.presets import Preprocessing
 from mura_lightning.errors import MuraError
@@ -235,3 +236,24 @@ def test_summarize_lists_evaluations_with_their_backbone(trained, tmp_path):
     run_evaluate(tmp_path / "evals" / "densenet", trained[1])
     job = read_job(tmp_path / "evals" / "densenet")
     assert (job["backbone"], job["body_part"], job["status"]) == ("densenet169", "shoulder+wrist", "ok")
+
+
+def test_predict_takes_dicom_studies_refusing_bad_files_one_by_one(trained, tmp_path):
+    from test_dicom import write_dicom
+
+    study = tmp_path / "XR_WRIST" / "patient7" / "study1_positive"
+    study.mkdir(parents=True)
+    pixels = np.asarray(Image.open(sorted((trained[0] / "valid").rglob("*.png"))[0]))
+    write_dicom(study / "image1.dcm", pixels)
+    write_dicom(study / "noextension", pixels, photometric="MONOCHROME1")
+    write_dicom(study / "frames.dcm", np.stack([pixels, pixels]), NumberOfFrames=2)
+    Image.fromarray(pixels).save(study / "image2.png")
+    table = run_predict(tmp_path / "pred", trained[1], tmp_path / "XR_WRIST").set_index("path")
+    images = table[table["level"] == "image"]
+    base = "XR_WRIST/patient7/study1_positive"
+    assert images.loc[f"{base}/image1.dcm", "prob"] == pytest.approx(images.loc[f"{base}/image2.png", "prob"], abs=1e-6)
+    assert len(images.loc[f"{base}/image1.dcm", "sop_instance_uid"]) > 10
+    assert images.loc[f"{base}/image2.png", "sop_instance_uid"] == ""
+    assert images.loc[f"{base}/noextension", "prob"] != pytest.approx(images.loc[f"{base}/image1.dcm", "prob"])
+    assert "frames" in images.loc[f"{base}/frames.dcm", "error"] and np.isnan(images.loc[f"{base}/frames.dcm", "prob"])
+    assert table.loc[base, "prob"] == pytest.approx(images["prob"].dropna().mean())

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.presets import EvalPreset
 from mura_lightning.inference.model import InferenceModel
+from mura_lightning.progress import progress
 
 
 class RadiographFiles(Dataset):
@@ -71,8 +72,9 @@ def predict_files(
     loader = DataLoader(RadiographFiles(files, model.preset), batch_size=batch_size, num_workers=num_workers)
     probs = np.full(len(files), np.nan)
     errors = [""] * len(files)
-    with torch.no_grad():
+    with torch.no_grad(), progress(f"predicting {len(files)} images", total=len(files), unit="images") as bar:
         for batch in loader:
+            bar.advance(len(batch["index"]))
             for index, error in zip(batch["index"].tolist(), batch["error"], strict=True):
                 errors[index] = error
             ok = batch["ok"]
