@@ -12,8 +12,9 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 from mura_lightning import progress as progress_module
 from mura_lightning.callbacks.progress import LogProgressBar, batch_length, progress_bar
+from mura_lightning.config import instantiate
 from mura_lightning.data.cache import build_cache
-from mura_lightning.errors import MuraError, instantiate
+from mura_lightning.errors import MuraError
 from mura_lightning.progress import PlainProgress, format_duration, progress, track
 
 DURATION = r"\d+:\d\d:\d\d"
