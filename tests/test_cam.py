@@ -23,7 +23,7 @@ from mura_lightning.train import train
 def synthetic_root(tmp_path_factory):
     """A small synthetic MURA with lesion boxes."""
     parent = tmp_path_factory.mktemp("synthetic")
-    return generate_synthetic_mura(parent, studies_per_part=6, seed=2, min_side=64, max_side=128, num_workers=1)
+    return generate_synthetic_mura(parent, studies_per_part=10, seed=2, min_side=64, max_side=128, num_workers=1)
 
 
 def cam_overrides(*extra: str) -> list[str]:
