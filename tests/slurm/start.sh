@@ -52,6 +52,8 @@ SlurmctldHost=${NODE}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job may start again after cred_expire + 1 s (default 120 s): short, so the preemption test is quick
+AuthInfo=cred_expire=10
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
@@ -78,8 +80,15 @@ rm -f "$new_conf"
 
 running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-if running /run/slurmctld.pid && $conf_changed; then
-    scontrol reconfigure || true
+restart() {  # restart PIDFILE: stop the daemon named in PIDFILE so that it starts again with the new slurm.conf
+    running "$1" || return 0
+    kill "$(cat "$1")"
+    for _ in $(seq 30); do running "$1" || return 0; sleep 1; done
+    fail "could not stop the daemon of $1 to load the new slurm.conf"
+}
+if $conf_changed; then  # `scontrol reconfigure` leaves some settings (AuthInfo) as they were
+    restart /run/slurmd.pid
+    restart /run/slurmctld.pid
 fi
 running /run/slurmctld.pid || slurmctld || fail "slurmctld did not start; see ${LOG_DIR}/slurmctld.log"
 running /run/slurmd.pid || slurmd || fail "slurmd did not start; see ${LOG_DIR}/slurmd.log"
