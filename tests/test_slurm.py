@@ -98,8 +98,10 @@ def test_a_failed_slurm_job_is_failed_in_summarize_with_its_log(slurm_cluster, m
     assert result.returncode != 0
     sweep = sweep_folder(tmp_path)
     (job,) = job_folders(sweep)
-    log_file = json.loads((job / JOB_FILE).read_text())["log"]
-    assert "data.val_fraction=1.5" in Path(log_file).read_text()
+    record = json.loads((job / JOB_FILE).read_text())
+    log_file = record["log"]
+    assert Path(log_file).is_file() and Path(log_file).name.startswith(f"{record['job_id']}_")
+    assert "data.val_fraction=1.5 must lie strictly between 0 and 1" in result.stderr
 
     summary = run_module("mura_lightning.summarize", str(sweep))
     assert summary.returncode == 0, summary.stderr[-3000:]
