@@ -21,7 +21,7 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 START_CLUSTER = "sudo tests/slurm/start.sh"
 SWEEP_TIMEOUT_S = 600
-PREEMPT_EPOCHS = 3
+PREEMPT_EPOCHS = 2
 PREEMPT_BATCHES = 4  # fewer than the 5 training batches of the shoulder tree
 
 

@@ -68,6 +68,8 @@ SelectTypeParameters=CR_CPU
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+# look at pending jobs every 2 s (defaults: 60 s and 30 s), so a requeued job starts once it is eligible
+SchedulerParameters=sched_interval=2,bf_interval=2
 NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${memory_mb} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
