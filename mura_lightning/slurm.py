@@ -23,6 +23,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, Trainer
 from omegaconf import OmegaConf
 
+from mura_lightning.errors import MuraError
 from mura_lightning.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,13 @@ def requeue_signal() -> signal.Signals:
     launcher = HydraConfig.get().get("launcher") if HydraConfig.initialized() else None
     asked = OmegaConf.select(launcher, "additional_parameters.signal", default=None) if launcher else None
     name = str(asked or DEFAULT_REQUEUE_SIGNAL).split("@")[0].removeprefix("B:").removeprefix("SIG")
-    return signal.Signals[f"SIG{name}"]
+    try:
+        return signal.Signals[f"SIG{name}"]
+    except KeyError:
+        raise MuraError(
+            f"hydra.launcher.additional_parameters.signal={asked} names no signal; use e.g. USR1@120 (the signal, "
+            "then the seconds before SLURM stops the job)"
+        ) from None
 
 
 def in_slurm_job() -> bool:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, run_module, tiny_run_overrides
+from conftest import REPO_ROOT, compose, run_module, tiny_run_overrides
 
-from mura_lightning.slurm import JOB_FILE
+from mura_lightning.errors import MuraError
+from mura_lightning.slurm import JOB_FILE, hpc_checkpoint_path, requeue_signal
+from mura_lightning.summarize import summarize
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
@@ -134,6 +136,7 @@ def test_a_preempted_job_is_requeued_and_resumes_in_the_same_run_folder(slurm_cl
     )
     command = [sys.executable, "-m", "mura_lightning.train", *args]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    job_id = None
     try:
         last = wait_for(
             lambda: next((tmp_path / "outputs" / "multirun").glob("*/0_*/checkpoints/last.ckpt"), None),
@@ -151,6 +154,8 @@ def test_a_preempted_job_is_requeued_and_resumes_in_the_same_run_folder(slurm_cl
     finally:
         if process.poll() is None:
             process.kill()
+            if job_id is not None:
+                subprocess.run(["scancel", job_id], check=False)
     assert process.returncode == 0, stderr[-3000:]
     assert [path.name for path in (tmp_path / "outputs" / "multirun").iterdir()] == [job.parent.name]
     assert job_folders(job.parent) == [job], "the requeued job ran in a new folder"
@@ -224,3 +229,32 @@ def test_an_unknown_partition_is_slurms_refusal_in_one_line_and_nothing_runs(slu
     assert "Invalid partition name specified" in lines[0] and "nosuchpart" in lines[0]
     assert "Traceback" not in result.stderr
     assert job_folders(sweep_folder(tmp_path)) == []
+
+
+def test_summarize_points_a_failed_slurm_job_at_its_log(tmp_path):
+    job = tmp_path / "sweep" / "0_bodypart=wrist"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "error.txt").write_text("Traceback (most recent call last):\n  File x\nValueError: out of memory\n")
+    log_file = tmp_path / "sweep" / ".submitit" / "7_0" / "7_0_0_log.err"
+    (job / JOB_FILE).write_text(json.dumps({"job_id": "7_0", "node": "n1", "restarts": 0, "log": str(log_file)}))
+    ok = tmp_path / "sweep" / "1_bodypart=shoulder"
+    (ok / ".hydra").mkdir(parents=True)
+    (ok / JOB_FILE).write_text(json.dumps({"job_id": "7_1", "log": "/elsewhere.err"}))
+    (ok / "results.json").write_text(json.dumps({"model": "resnet50", "body_parts": ["shoulder"]}))
+    frame = summarize(tmp_path / "sweep")["summary"]
+    errors = dict(zip(frame["job"], frame["error"], strict=True))
+    assert errors == {"0_bodypart=wrist": f"ValueError: out of memory (SLURM log: {log_file})", ok.name: ""}
+
+
+def test_the_requeue_signal_and_checkpoint_names_follow_the_launcher_and_the_run_folder(tmp_path):
+    compose("train", ["hydra/launcher=slurm"])  # sets the Hydra config requeue_signal reads, as in a job
+    assert requeue_signal().name == "SIGUSR1"
+    compose("train", ["hydra/launcher=slurm", "hydra.launcher.additional_parameters.signal=B:USR2@60"])
+    assert requeue_signal().name == "SIGUSR2"
+    compose("train", ["hydra/launcher=slurm", "hydra.launcher.additional_parameters.signal=USR9@60"])
+    with pytest.raises(MuraError, match="signal=USR9@60 names no signal; use e.g. USR1@120"):
+        requeue_signal()
+    assert hpc_checkpoint_path(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+    (tmp_path / "hpc_ckpt_1.ckpt").touch()
+    (tmp_path / "hpc_ckpt_3.ckpt").touch()
+    assert hpc_checkpoint_path(tmp_path) == tmp_path / "hpc_ckpt_4.ckpt"
