@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mura_lightning import slurm
 from mura_lightning.data.index import BODY_PARTS, resolve_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_atomically, write_text_atomic
@@ -139,6 +140,8 @@ def read_job(folder: Path) -> dict[str, Any]:
         status, error = FAILED, unreadable
     else:
         status, error = (OK if results is not None else UNFINISHED), ""
+    if status != OK and (log_file := slurm.recorded_log(folder)):
+        error = f"{error} (SLURM log: {log_file})".lstrip()
     backbone, parts = job_setup(folder, results)
     return {
         "job": folder.name,

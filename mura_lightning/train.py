@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from mura_lightning import slurm
 from mura_lightning.config import instantiate, instantiate_all
 from mura_lightning.data.index import resolve_body_parts
 from mura_lightning.errors import MuraError
@@ -105,12 +106,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then validate and test the best checkpoint; returns the flat results (also in <run>/results.json)."""
     if not cfg.train and not cfg.ckpt_path:
         raise MuraError("train=false needs ckpt_path=FILE: the checkpoint to test")
+    slurm.record_job(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(cfg)
     datamodule = instantiate(cfg.data, preprocessing=model.preprocessing.to_dict(), _convert_="all")
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False
+        cfg.trainer, logger=loggers or False, **slurm.trainer_options(instantiate_all(cfg.get("callbacks")))
     )
     if trainer.is_global_zero:
         log_hyperparameters(loggers, cfg)
