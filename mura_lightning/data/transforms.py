@@ -69,10 +69,11 @@ class RadiographTransform:
 
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         """A randomly flipped and rotated copy of a (N, 1, S, S) uint8 batch, on the batch's device: one affine
-        grid for the whole batch (bilinear, black fill), angles and flips drawn per image."""
+        grid for the whole batch (bilinear, black fill), angles and flips drawn per image from the CPU's random
+        generator, so a seed gives the same draws whatever the device."""
         count = len(images)
-        angles = torch.deg2rad(torch.empty(count, device=images.device).uniform_(*self.rotation_range))
-        flips = torch.where(torch.rand(count, device=images.device) < self.hflip_prob, -1.0, 1.0)
+        angles = torch.deg2rad(torch.empty(count).uniform_(*self.rotation_range)).to(images.device)
+        flips = torch.where(torch.rand(count) < self.hflip_prob, -1.0, 1.0).to(images.device)
         cos, sin = torch.cos(angles), torch.sin(angles)
         zeros = torch.zeros_like(cos)
         theta = torch.stack([torch.stack([cos * flips, -sin, zeros], 1), torch.stack([sin * flips, cos, zeros], 1)], 1)
