@@ -24,14 +24,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from train_step import WARMUP_STEPS as RATIO_WARMUP_STEPS  # benchmarks/ is on sys.path for a script
-from train_step import InMemory, interleaved_ratio, synchronize
+from train_step import InMemory, interleaved_ratio, synchronize  # benchmarks/ is on sys.path for a script
 
 from mura_lightning.models.module import MURAClassifier
 
 MURA_TRAIN_IMAGES = 36_808
 WARMUP_STEPS = 5
-COMPILE_WARMUP_STEPS = 15
+COMPILE_WARMUP_FACTOR = 3  # compiled variants warm up this many times longer (the first steps compile)
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("nchw", "nhwc")
 COMPILE_MODES = ("compile", "max-autotune")
@@ -119,15 +118,18 @@ def classifier(variant: Variant, size: int) -> torch.nn.Module:
     return torch.compile(model, mode="max-autotune") if variant.compile_mode == "max-autotune" else model
 
 
-def train_images_per_s(variant: Variant, size: int, batch_size: int, steps: int, device: torch.device) -> float:
-    """Images/s of forward + BCE + backward + Adam on device-resident tensors."""
+def train_images_per_s(
+    variant: Variant, size: int, batch_size: int, steps: int, warmup: int, device: torch.device
+) -> float:
+    """Images/s of forward + BCE + backward + Adam on device-resident tensors, after `warmup` steps (more
+    for compiled variants)."""
     batch_size = variant.batch_size or batch_size
     torch.backends.cudnn.benchmark = variant.cudnn_benchmark
     images = torch.randn(batch_size, 3, size, size, device=device)
     labels = (torch.rand(batch_size, device=device) > 0.5).float()
     model = classifier(variant, size).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=variant.fused or None)
-    warmup = COMPILE_WARMUP_STEPS if variant.compile_mode else WARMUP_STEPS
+    warmup = COMPILE_WARMUP_FACTOR * warmup if variant.compile_mode else warmup
     started = 0.0
     for step in range(warmup + steps):
         if step == warmup:
@@ -191,7 +193,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="untimed steps before them")
     parser.add_argument("--backbones", nargs="+", default=["densenet169", "resnet50"])
     parser.add_argument("--variants", nargs="*", default=["eager", "compiled"], help="groups or specs (docstring)")
     parser.add_argument("--workers", type=int, nargs="*", default=[8, 16], help="loader workers; none skips it")
@@ -210,7 +213,7 @@ def main() -> None:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (cpu)"
     print(f"gpu={card} size={args.size} batch_size={args.batch_size} steps={args.steps}", flush=True)
     for variant in variants:
-        speed = train_images_per_s(variant, args.size, args.batch_size, args.steps, device)
+        speed = train_images_per_s(variant, args.size, args.batch_size, args.steps, args.warmup_steps, device)
         figure(f"train_images_per_s/{variant.name}", speed)
         figure(f"mura_epoch_s/{variant.name}", MURA_TRAIN_IMAGES / speed)
         if device.type == "cuda":
@@ -226,10 +229,17 @@ def main() -> None:
                 figure(f"pipeline_images_per_s/{workers}_workers", speed)
     if args.ratio_rounds:
         ratio = Variant.parse(args.ratio_variant)
-        data = InMemory((RATIO_WARMUP_STEPS + args.steps + 1) * args.batch_size, args.size, device)
+        data = InMemory((args.warmup_steps + args.steps + 1) * args.batch_size, args.size, device)
         precision = "bf16-mixed" if ratio.precision == "bf16" else "32-true"
         values = interleaved_ratio(
-            ratio.backbone, data, args.batch_size, args.steps, precision, args.ratio_rounds, ratio.layout == "nhwc"
+            ratio.backbone,
+            data,
+            args.batch_size,
+            args.steps,
+            precision,
+            args.ratio_rounds,
+            channels_last=ratio.layout == "nhwc",
+            warmup=args.warmup_steps,
         )
         for key, value in values.items():
             figure(f"{key}/{ratio.name}", value)

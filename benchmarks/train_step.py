@@ -65,17 +65,23 @@ def synchronize(device: torch.device) -> None:
 
 
 def plain_loop(
-    backbone: str, data: InMemory, batch_size: int, steps: int, precision: str, channels_last: bool = False
+    backbone: str,
+    data: InMemory,
+    batch_size: int,
+    steps: int,
+    precision: str,
+    channels_last: bool = False,
+    warmup: int = WARMUP_STEPS,
 ) -> float:
-    """Images/s of a hand-written loop: forward, BCE, backward, Adam step."""
+    """Images/s of a hand-written loop: forward, BCE, backward, Adam step (after `warmup` untimed steps)."""
     device = data.images.device
     model = classifier(backbone, data.images.shape[-1], channels_last).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True)
     batches = iter(loader)
     started = 0.0
-    for step in range(WARMUP_STEPS + steps):
-        if step == WARMUP_STEPS:
+    for step in range(warmup + steps):
+        if step == warmup:
             synchronize(device)
             started = time.perf_counter()
         batch = next(batches)
@@ -92,12 +98,13 @@ def plain_loop(
 class StepClock(Callback):
     """Times the training steps after the warm-up ones (waiting for the device at both ends)."""
 
-    def __init__(self, last_step: int) -> None:
+    def __init__(self, warmup: int, last_step: int) -> None:
+        self.warmup = warmup
         self.last_step = last_step
         self.started = self.finished = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == WARMUP_STEPS:
+        if batch_idx == self.warmup:
             synchronize(pl_module.device)
             self.started = time.perf_counter()
 
@@ -108,16 +115,22 @@ class StepClock(Callback):
 
 
 def lightning_loop(
-    backbone: str, data: InMemory, batch_size: int, steps: int, precision: str, channels_last: bool = False
+    backbone: str,
+    data: InMemory,
+    batch_size: int,
+    steps: int,
+    precision: str,
+    channels_last: bool = False,
+    warmup: int = WARMUP_STEPS,
 ) -> float:
     """Images/s of the same steps through the Lightning Trainer and MURAClassifier.training_step."""
     device = data.images.device
-    clock = StepClock(last_step=WARMUP_STEPS + steps - 1)
+    clock = StepClock(warmup, last_step=warmup + steps - 1)
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         precision=precision,
-        max_steps=WARMUP_STEPS + steps,
+        max_steps=warmup + steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=False,
@@ -139,12 +152,13 @@ def interleaved_ratio(
     precision: str,
     rounds: int,
     channels_last: bool = False,
+    warmup: int = WARMUP_STEPS,
 ) -> dict[str, float]:
     """Lightning over plain images/s from P L P L ... P runs: each Lightning run against the mean of its two
     neighbouring plain runs; the median ratio, its min and max, and the median images/s of each loop."""
     if rounds < 1:
         raise ValueError(f"--rounds={rounds}: at least one Lightning run is needed")
-    settings = (backbone, data, batch_size, steps, precision, channels_last)
+    settings = (backbone, data, batch_size, steps, precision, channels_last, warmup)
     plain = [plain_loop(*settings)]
     lightning = []
     for _ in range(rounds):
@@ -167,12 +181,15 @@ def main() -> None:
     parser.add_argument("--backbone", default="densenet169")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per run, after 3 warm-up steps")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="untimed steps before them")
     parser.add_argument("--rounds", type=int, default=5, help="Lightning runs (plain runs: one more)")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     args = parser.parse_args()
-    data = InMemory((WARMUP_STEPS + args.steps + 1) * args.batch_size, args.size)
-    figures = interleaved_ratio(args.backbone, data, args.batch_size, args.steps, args.precision, args.rounds)
+    data = InMemory((args.warmup_steps + args.steps + 1) * args.batch_size, args.size)
+    figures = interleaved_ratio(
+        args.backbone, data, args.batch_size, args.steps, args.precision, args.rounds, warmup=args.warmup_steps
+    )
     print(
         f"backbone={args.backbone} size={args.size} batch_size={args.batch_size} steps={args.steps} "
         f"rounds={args.rounds} precision={args.precision} threads={torch.get_num_threads()}"

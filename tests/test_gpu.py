@@ -11,9 +11,9 @@ holding MURA-v1.1/); otherwise the tests write one.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,24 +116,25 @@ def class_activation_maps(model: torch.nn.Module, inputs: torch.Tensor) -> torch
     return torch.from_numpy(compute_cams(model.net, model.cam_target_layer(), inputs, "GradCAM"))
 
 
-@functools.cache
-def cli_probabilities(tool: str, device: str, checkpoint: str, root: str, out: str) -> pd.Series:
-    """Image probabilities (indexed by body part/patient/study/image) that `evaluate` or `predict` writes."""
-    folder = Path(out) / f"{tool}_{device}"
+def cli_arguments(tool: str, device: str, checkpoint: str, root: Path, folder: Path) -> list[str]:
+    """`python -m` arguments of `evaluate` or `predict` on `device`, writing into `folder`."""
     if tool == "evaluate":
         accelerator = "gpu" if device == "cuda" else "cpu"
-        args = [f"data.root={root}", f"paths.root_dir={out}", f"paths.output_dir={folder}", "data.num_workers=0"]
-        finished = run_module(
-            "mura_lightning.evaluate", f"ckpt_path={checkpoint}", *args, f"trainer.accelerator={accelerator}"
-        )
+        paths = [f"paths.root_dir={folder.parent}", f"paths.output_dir={folder}"]
+        return ["mura_lightning.evaluate", f"ckpt_path={checkpoint}", f"data.root={root}", *paths,
+                "data.num_workers=0", f"trainer.accelerator={accelerator}"]  # fmt: skip
+    csv = root / "valid_image_paths.csv"
+    return ["mura_lightning.predict", f"ckpt_path={checkpoint}", f"input={csv}", f"output={folder}",
+            f"device={device}", "num_workers=0"]  # fmt: skip
+
+
+def cli_probabilities(tool: str, folder: Path) -> pd.Series:
+    """Image probabilities (indexed by body part/patient/study/image) that `evaluate` or `predict` wrote."""
+    if tool == "evaluate":
         table = pd.read_csv(folder / "predictions_images.csv")
     else:
-        csv = Path(root) / "valid_image_paths.csv"
-        args = [f"ckpt_path={checkpoint}", f"input={csv}", f"output={folder}", f"device={device}", "num_workers=0"]
-        finished = run_module("mura_lightning.predict", *args)
         table = pd.read_csv(folder / "predictions.csv")
         table = table[table["level"] == "image"]
-    assert finished.returncode == 0, finished.stderr[-3000:]
     keys = table["path"].map(lambda path: "/".join(Path(path).parts[-4:]))
     return table.set_index(keys)["prob"].sort_index()
 
@@ -217,23 +218,30 @@ def test_b_batch_augmentation_on_the_device_equals_the_cpu():
     assert (difference > 0).float().mean() <= AUGMENT_MAX_SHARE
 
 
+@pytest.fixture(scope="session")
+def processes(runs, mura, outputs) -> dict[str, Path]:
+    """Output folders of the runs that need processes of their own, all started at once (the DDP test of the
+    fp32 checkpoint; evaluate and predict on the device and the CPU), so they take the time of the slowest."""
+    checkpoint = runs["fp32"]["ckpt_path"]
+    overrides = [o for o in run_overrides(mura, outputs, "ddp") if not o.startswith("trainer=")]
+    jobs = {
+        "ddp": ["mura_lightning.train", *overrides, "train=false", f"ckpt_path={checkpoint}",
+                f"trainer={SCALE.ddp_trainer}", f"trainer.devices={SCALE.ddp_devices}", "trainer.precision=32-true"],
+    }  # fmt: skip
+    for tool in ("evaluate", "predict"):
+        for device in {SCALE.device, "cpu"}:
+            jobs[f"{tool}_{device}"] = cli_arguments(tool, device, checkpoint, mura, outputs / f"{tool}_{device}")
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        finished = dict(zip(jobs, pool.map(lambda arguments: run_module(*arguments), jobs.values()), strict=True))
+    for name, process in finished.items():
+        assert process.returncode == 0, f"{name}: {process.stderr[-3000:]}"
+    return {name: outputs / name for name in jobs}
+
+
 @gpu
 @needs_device
-def test_c_ddp_over_the_devices_equals_one_process(runs, mura, outputs):
-    checkpoint = runs["fp32"]["ckpt_path"]
-    overrides = run_overrides(mura, outputs, "ddp")
-    overrides = [o for o in overrides if not o.startswith("trainer=")]
-    finished = run_module(
-        "mura_lightning.train",
-        *overrides,
-        "train=false",
-        f"ckpt_path={checkpoint}",
-        f"trainer={SCALE.ddp_trainer}",
-        f"trainer.devices={SCALE.ddp_devices}",
-        "trainer.precision=32-true",
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    distributed = json.loads((outputs / "ddp" / "results.json").read_text())
+def test_c_ddp_over_the_devices_equals_one_process(runs, processes):
+    distributed = json.loads((processes["ddp"] / "results.json").read_text())
     compared = [key for key in runs["fp32"] if key.startswith("test/") and "loss" not in key and "/cam/" not in key]
     assert "test/study/kappa" in compared
     for key in compared:
@@ -256,14 +264,14 @@ def test_d_cams_under_bf16_autocast_equal_the_fp32_maps(runs):
 @gpu
 @needs_device
 @pytest.mark.parametrize("tool", ["evaluate", "predict"])
-def test_e_device_probabilities_equal_the_cpu(tool, runs, mura, outputs):
-    arguments = (runs["fp32"]["ckpt_path"], str(mura), str(outputs))
-    on_device = cli_probabilities(tool, SCALE.device, *arguments)
-    on_cpu = cli_probabilities(tool, "cpu", *arguments)
+def test_e_device_probabilities_equal_the_cpu(tool, processes):
+    on_device = cli_probabilities(tool, processes[f"{tool}_{SCALE.device}"])
+    on_cpu = cli_probabilities(tool, processes[f"{tool}_cpu"])
     assert len(on_device) == len(on_cpu) > 0
     pd.testing.assert_index_equal(on_device.index, on_cpu.index)
     assert (on_device - on_cpu).abs().max() <= PROBABILITY_TOLERANCE
-    other = cli_probabilities("predict" if tool == "evaluate" else "evaluate", SCALE.device, *arguments)
+    other_tool = "predict" if tool == "evaluate" else "evaluate"
+    other = cli_probabilities(other_tool, processes[f"{other_tool}_{SCALE.device}"])
     assert (on_device - other.loc[on_device.index]).abs().max() <= PROBABILITY_TOLERANCE, "evaluate != predict"
 
 
