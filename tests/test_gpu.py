@@ -60,7 +60,7 @@ def scale_for(device: str) -> Scale:
     if device == "cuda":
         gpus = max(torch.cuda.device_count(), 1)
         cam = ("callbacks.cam.num_images=16", "callbacks.cam.localisation_images=32")
-        return Scale("cuda", "gpu", 320, 32, 4, 6, 1.0, "resnet50", True, "ddp", gpus, 100, cam, 0.8, 0.05)
+        return Scale("cuda", "gpu", 320, 32, 4, 8, 1.0, "resnet50", True, "ddp", gpus, 100, cam, 0.8, 0.05)
     if device == "cpu":  # the callbacks have their own tests; here they would only add seconds
         off = ("callbacks.cam=null", "callbacks.metrics_report=null", "callbacks.learning_rate_monitor=null")
         return Scale("cpu", "cpu", 32, 4, 0, 1, 1, "resnet50", False, "ddp_cpu", 1, 6, off, None, None)
