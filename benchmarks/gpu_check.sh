@@ -187,9 +187,9 @@ BENCH=("$PYTHON" benchmarks/gpu.py "${BENCH_COMMON[@]}" --results "$WORK/figures
 wanted install && run_stage install 60 install_missing
 wanted data && run_stage data 60 "$PYTHON" -m mura_lightning.data.synthetic root="$DATA" \
     studies_per_part=$STUDIES_PER_PART seed=0
-wanted tests && run_stage tests 240 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -v -rfE -p no:cacheprovider \
+wanted tests && run_stage tests 210 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -v -rfE -p no:cacheprovider \
     --junitxml="$WORK/junit.xml"
-wanted bench_eager && run_stage bench_eager 150 "${BENCH[@]}" "${EAGER_ARGS[@]}" --pipeline-root "$DATA/MURA-v1.1"
+wanted bench_eager && run_stage bench_eager 180 "${BENCH[@]}" "${EAGER_ARGS[@]}" --pipeline-root "$DATA/MURA-v1.1"
 if [ "$DRY_RUN" = 1 ]; then
     wanted bench_compiled && skip_stage bench_compiled "dry run: compiling takes minutes on a CPU"
     wanted bench_autotune && skip_stage bench_autotune "dry run: compiling takes minutes on a CPU"
