@@ -5,8 +5,14 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?=
+# GPU check (benchmarks/gpu_check.sh): wheels for the GPU machine, which has Python 3.12 and no network.
+SHARED_WHEELS ?= ../shared/gpu-wheels
+GPU_WHEELS := gpu-wheels
+GPU_EXTRA_WHEELS := pytest pluggy iniconfig rich markdown-it-py mdurl pygments seaborn
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= outputs/gpu_check
 
-.PHONY: install test demo lint format tensorboard clean
+.PHONY: install test demo lint format tensorboard clean gpu-wheels gpu-check
 
 install: $(INSTALLED)
 
@@ -40,3 +46,14 @@ clean:
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 	rm -rf data/synthetic-MURA .pytest_cache .ruff_cache
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# Fills gpu-wheels/ (git-ignored; carried to the GPU machine): the shared wheels plus pure-Python ones its tests
+# need in case that machine lacks them. gpu_check.sh installs from it only what does not import there.
+gpu-wheels: $(INSTALLED)
+	mkdir -p $(GPU_WHEELS)
+	cp $(SHARED_WHEELS)/*.whl $(GPU_WHEELS)/
+	$(PYTHON) -m pip download --only-binary=:all: --python-version 3.12 --no-deps -d $(GPU_WHEELS) $(GPU_EXTRA_WHEELS)
+
+# On a GPU machine, from the repo root (no install: it uses $(GPU_PYTHON) and gpu-wheels/).
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bash benchmarks/gpu_check.sh $(GPU_CHECK_OUT)

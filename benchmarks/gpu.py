@@ -1,127 +1,254 @@
-"""GPU training throughput: DenseNet-169 and ResNet-50 at 320 px, batch 64, fp32 vs bf16-mixed, channels_last
-and torch.compile on and off, with the time of one MURA-sized epoch; and whether the input pipeline (cache +
-device-side augmentation on synthetic MURA) keeps up with the model.
+"""GPU training throughput: DenseNet-169 and ResNet-50 at 320 px, batch 64, for fp32 / bf16-mixed x NCHW /
+channels_last x eager / torch.compile and the speed levers; the images/s the cached synthetic-MURA loader
+delivers with 8 and 16 workers; and the Lightning / plain-PyTorch ratio on the GPU.
 
-python benchmarks/gpu.py [--steps 20] [--backbones densenet169 resnet50] [--no-compile] [--pipeline-images 4000]
-Needs a CUDA GPU; without one it says so and measures nothing (`--device cpu` runs the same code on the CPU, to
-check the script at tiny sizes).
+python benchmarks/gpu.py [--variants eager compiled levers max-autotune SPEC ...] [--backbones ...]
+                         [--workers 8 16] [--pipeline-root DIR] [--ratio-rounds 3] [--results FILE]
+
+A variant SPEC is `backbone/precision/layout[/option...]`: precision fp32 or bf16, layout nchw or nhwc
+(channels_last), options `compile` (torch.compile, default mode), `max-autotune` (torch.compile in that mode),
+`fused` (Adam(fused=True)), `nobench` (cudnn.benchmark off; on otherwise), `batch=N`. The group names expand
+over --backbones: `eager` and `compiled` (fp32/bf16 x nchw/nhwc), `levers` (bf16 nhwc: nobench, fused, twice
+the batch), `max-autotune` (bf16 nhwc). Each figure is printed as `name=value` and, with --results, appended
+to that JSON-lines file as soon as it is measured, so a run cut short keeps what it measured.
+Needs a CUDA GPU; `--device cpu` runs the same code on the CPU, to check the script at tiny sizes.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import json
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from train_step import InMemory, interleaved_ratio, synchronize  # benchmarks/ is on sys.path for a script
 
 from mura_lightning.models.module import MURAClassifier
 
 MURA_TRAIN_IMAGES = 36_808
 WARMUP_STEPS = 5
-COMPILE_WARMUP_STEPS = 15
+COMPILE_WARMUP_FACTOR = 3  # compiled variants warm up this many times longer (the first steps compile)
+PRECISIONS = ("fp32", "bf16")
+LAYOUTS = ("nchw", "nhwc")
+COMPILE_MODES = ("compile", "max-autotune")
+FLAGS = ("fused", "nobench")
+GROUPS = ("eager", "compiled", "levers", "max-autotune")
 
 
-def classifier(backbone: str, size: int, channels_last: bool, compile_model: bool) -> MURAClassifier:
-    return MURAClassifier(
-        backbone={"name": backbone, "pretrained": False},
+@dataclass(frozen=True)
+class Variant:
+    """One training configuration to time."""
+
+    backbone: str
+    precision: str
+    layout: str
+    compile_mode: str | None = None
+    fused: bool = False
+    cudnn_benchmark: bool = True
+    batch_size: int | None = None  # None: --batch-size
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        """The variant of a `backbone/precision/layout[/option...]` spec (see the module docstring)."""
+        parts = spec.split("/")
+        if len(parts) < 3 or parts[1] not in PRECISIONS or parts[2] not in LAYOUTS:
+            raise ValueError(
+                f"variant {spec!r} is not backbone/precision/layout[/option...] with precision in "
+                f"{PRECISIONS} and layout in {LAYOUTS}, e.g. densenet169/bf16/nhwc/compile"
+            )
+        variant = cls(parts[0], parts[1], parts[2])
+        for option in parts[3:]:
+            if option in COMPILE_MODES:
+                variant = replace(variant, compile_mode=option)
+            elif option == "fused":
+                variant = replace(variant, fused=True)
+            elif option == "nobench":
+                variant = replace(variant, cudnn_benchmark=False)
+            elif option.startswith("batch=") and option[len("batch=") :].isdigit():
+                variant = replace(variant, batch_size=int(option[len("batch=") :]))
+            else:
+                raise ValueError(
+                    f"variant {spec!r}: unknown option {option!r}; use {', '.join(COMPILE_MODES + FLAGS)} or batch=N"
+                )
+        return variant
+
+    @property
+    def name(self) -> str:
+        """The spec this variant parses from, options in a fixed order."""
+        options = [self.compile_mode] if self.compile_mode else []
+        options += ["fused"] if self.fused else []
+        options += [] if self.cudnn_benchmark else ["nobench"]
+        options += [f"batch={self.batch_size}"] if self.batch_size else []
+        return "/".join([self.backbone, self.precision, self.layout, *options])
+
+
+def expand(items: list[str], backbones: list[str], batch_size: int) -> list[Variant]:
+    """The variants of group names and specs, in order, each once. Compiled groups list bf16 channels_last
+    first: a run cut short keeps the most telling figures."""
+    variants: list[Variant] = []
+    for item in items:
+        if item in ("eager", "compiled"):
+            mode = "compile" if item == "compiled" else None
+            combos = [("bf16", "nhwc"), ("bf16", "nchw"), ("fp32", "nhwc"), ("fp32", "nchw")]
+            variants += [Variant(b, p, layout, mode) for p, layout in combos for b in backbones]
+        elif item == "levers":
+            for b in backbones:
+                base = Variant(b, "bf16", "nhwc")
+                variants += [replace(base, cudnn_benchmark=False), replace(base, fused=True)]
+                variants.append(replace(base, batch_size=2 * batch_size))
+        elif item == "max-autotune":
+            variants += [Variant(b, "bf16", "nhwc", "max-autotune") for b in backbones]
+        else:
+            variants.append(Variant.parse(item))
+    return list(dict.fromkeys(variants))
+
+
+def classifier(variant: Variant, size: int) -> torch.nn.Module:
+    """The classifier of a variant: `compile` is the model's own option (what `model.compile=true` trains),
+    `max-autotune` compiles the classifier's forward in that mode."""
+    model = MURAClassifier(
+        backbone={"name": variant.backbone, "pretrained": False},
         preprocessing={"image_size": size, "mean": [0.5] * 3, "std": [0.25] * 3},
-        compile=compile_model,
-        channels_last=channels_last,
+        compile=variant.compile_mode == "compile",
+        channels_last=variant.layout == "nhwc",
     )
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return torch.compile(model, mode="max-autotune") if variant.compile_mode == "max-autotune" else model
 
 
 def train_images_per_s(
-    model: MURAClassifier, images: torch.Tensor, labels: torch.Tensor, steps: int, bf16: bool, warmup: int
+    variant: Variant, size: int, batch_size: int, steps: int, warmup: int, device: torch.device
 ) -> float:
-    """Images/s of forward + BCE + backward + Adam on device-resident tensors."""
-    model = model.to(images.device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    """Images/s of forward + BCE + backward + Adam on device-resident tensors, after `warmup` steps (more
+    for compiled variants)."""
+    batch_size = variant.batch_size or batch_size
+    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    labels = (torch.rand(batch_size, device=device) > 0.5).float()
+    model = classifier(variant, size).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=variant.fused or None)
+    warmup = COMPILE_WARMUP_FACTOR * warmup if variant.compile_mode else warmup
+    started = 0.0
     for step in range(warmup + steps):
         if step == warmup:
-            synchronize(images.device)
+            synchronize(device)
             started = time.perf_counter()
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.precision == "bf16"):
             logits = model(images)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    synchronize(images.device)
-    return steps * len(images) / (time.perf_counter() - started)
+    synchronize(device)
+    return steps * batch_size / (time.perf_counter() - started)
 
 
-def pipeline_images_per_s(size: int, batch_size: int, images: int, workers: int, device: torch.device) -> float:
-    """Images/s the cached synthetic-MURA loader delivers to the device, augmented and normalised there."""
-    from data_pipeline import datamodule  # benchmarks/ is on sys.path when this file runs as a script
+def pipeline_images_per_s(
+    root: Path, size: int, batch_size: int, images: int, workers: int, device: torch.device, cache_dir: Path
+) -> float:
+    """Images/s the cached loader delivers to the device, augmented and normalised there, over at least `images`
+    images: epochs repeat, and the first batch of each (waiting for the workers to start, which a MURA-sized
+    epoch pays once per 36,808 images) is not timed."""
+    from data_pipeline import datamodule
 
-    from mura_lightning.synthetic import MIN_STUDIES_PER_PART, generate_synthetic_mura
-
-    with tempfile.TemporaryDirectory() as scratch:
-        studies = max(MIN_STUDIES_PER_PART, images // 15 + 1)
-        root = generate_synthetic_mura(Path(scratch) / "synthetic", studies_per_part=studies, seed=0)
-        module = datamodule(root, size, batch_size, workers, True, Path(scratch) / "cache")
-        loader = iter(module.train_dataloader())
-        next(loader)
-        seen, started = 0, time.perf_counter()
-        for batch in loader:
+    module = datamodule(root, size, batch_size, workers, True, cache_dir)
+    seen, elapsed = 0, 0.0
+    while seen < images:
+        started, epoch_start = None, seen
+        for batch in module.train_dataloader():
+            if started is None:
+                started = time.perf_counter()
+                continue
             pixels = batch["image"].to(device, non_blocking=True)
             batch = module.device_transform({**batch, "image": pixels}, train=True)
             seen += len(batch["label"])
+            if seen >= images:
+                break
         synchronize(device)
-        return seen / (time.perf_counter() - started)
+        if seen == epoch_start:
+            raise SystemExit(f"{root}: the train loader gives fewer than 2 batches of {batch_size}; use more images")
+        elapsed += time.perf_counter() - started
+    return seen / elapsed
+
+
+def synthetic_root(scratch: Path, images: int) -> Path:
+    """A synthetic MURA of about `images` training images, written under `scratch`."""
+    from mura_lightning.synthetic import MIN_STUDIES_PER_PART, generate_synthetic_mura
+
+    studies = max(MIN_STUDIES_PER_PART, images // 15 + 1)
+    return generate_synthetic_mura(scratch / "synthetic", studies_per_part=studies, seed=0)
+
+
+class Figures:
+    """Prints each figure as `name=value` and appends it to a JSON-lines file when one is given."""
+
+    def __init__(self, results: Path | None) -> None:
+        self.results = results
+
+    def __call__(self, name: str, value: float | str) -> None:
+        print(f"{name}={value:.3f}" if isinstance(value, float) else f"{name}={value}", flush=True)
+        if self.results is not None:
+            with self.results.open("a") as file:
+                file.write(json.dumps({name: value}) + "\n")
 
 
 def main() -> None:
-    """Print the figures, one `name=value` per line, last."""
+    """Measure what the arguments ask for, in order: variants, the loader, the Lightning ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="untimed steps before them")
     parser.add_argument("--backbones", nargs="+", default=["densenet169", "resnet50"])
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    parser.add_argument("--pipeline-images", type=int, default=4000, help="0 skips the input-pipeline check")
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--variants", nargs="*", default=["eager", "compiled"], help="groups or specs (docstring)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[8, 16], help="loader workers; none skips it")
+    parser.add_argument("--pipeline-root", type=Path, help="a MURA-v1.1 folder (default: synthetic, generated)")
+    parser.add_argument("--pipeline-images", type=int, default=4000, help="images timed per worker count")
+    parser.add_argument("--ratio-rounds", type=int, default=3, help="Lightning runs against plain ones; 0 skips")
+    parser.add_argument("--ratio-variant", default="densenet169/bf16/nhwc", help="precision and layout of it")
+    parser.add_argument("--results", type=Path, help="append each figure to this JSON-lines file")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a check of the script)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing measured")
-        return
-    torch.backends.cudnn.benchmark = True
-    images = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
-    labels = (torch.rand(args.batch_size, device=device) > 0.5).float()
-    figures = {}
-    compile_options = (False,) if args.no_compile else (False, True)
-    for backbone, bf16, channels_last, compile_model in itertools.product(
-        args.backbones, (False, True), (False, True), compile_options
-    ):
-        name = f"{backbone}_{'bf16' if bf16 else 'fp32'}_{'nhwc' if channels_last else 'nchw'}" + (
-            "_compiled" if compile_model else ""
-        )
-        model = classifier(backbone, args.size, channels_last, compile_model)
-        warmup = COMPILE_WARMUP_STEPS if compile_model else WARMUP_STEPS
-        speed = train_images_per_s(model, images, labels, args.steps, bf16, warmup)
-        figures[f"{name}_images_per_s"] = speed
-        figures[f"{name}_mura_epoch_s"] = MURA_TRAIN_IMAGES / speed
-        del model
-        torch.cuda.empty_cache()
-    if args.pipeline_images:
-        figures["pipeline_cache_gpu_augment_images_per_s"] = pipeline_images_per_s(
-            args.size, args.batch_size, args.pipeline_images, args.workers, device
-        )
+        raise SystemExit("no CUDA GPU here: nothing measured (--device cpu checks the script)")
+    variants = expand(args.variants, args.backbones, args.batch_size)
+    figure = Figures(args.results)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (cpu)"
-    print(f"gpu={card} size={args.size} batch_size={args.batch_size} steps={args.steps}")
-    for key, value in figures.items():
-        print(f"{key}={value:.1f}")
+    print(f"gpu={card} size={args.size} batch_size={args.batch_size} steps={args.steps}", flush=True)
+    for variant in variants:
+        speed = train_images_per_s(variant, args.size, args.batch_size, args.steps, args.warmup_steps, device)
+        figure(f"train_images_per_s/{variant.name}", speed)
+        figure(f"mura_epoch_s/{variant.name}", MURA_TRAIN_IMAGES / speed)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    torch.backends.cudnn.benchmark = True
+    if args.workers:
+        with tempfile.TemporaryDirectory() as scratch:
+            root = args.pipeline_root or synthetic_root(Path(scratch), args.pipeline_images)
+            for workers in args.workers:
+                speed = pipeline_images_per_s(
+                    root, args.size, args.batch_size, args.pipeline_images, workers, device, Path(scratch) / "cache"
+                )
+                figure(f"pipeline_images_per_s/{workers}_workers", speed)
+    if args.ratio_rounds:
+        ratio = Variant.parse(args.ratio_variant)
+        data = InMemory((args.warmup_steps + args.steps + 1) * args.batch_size, args.size, device)
+        precision = "bf16-mixed" if ratio.precision == "bf16" else "32-true"
+        values = interleaved_ratio(
+            ratio.backbone,
+            data,
+            args.batch_size,
+            args.steps,
+            precision,
+            args.ratio_rounds,
+            channels_last=ratio.layout == "nhwc",
+            warmup=args.warmup_steps,
+        )
+        for key, value in values.items():
+            figure(f"{key}/{ratio.name}", value)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 
 def run_benchmark(script: str, *args: str) -> dict[str, str]:
     finished = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600
-    )
+        [sys.executable, f"benchmarks/{script}", *args],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},  # this checkout's package, whatever is installed
+    )  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
     lines = finished.stdout.strip().splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line and " " not in line)
@@ -26,8 +31,9 @@ def test_data_pipeline_benchmark_prints_the_ratio(mura_root):
 
 def test_train_step_benchmark_prints_the_ratio():
     figures = run_benchmark(
-        "train_step.py", "--backbone=resnet50", "--size=32", "--batch-size=4", "--steps=2", "--rounds=1"
-    )
+        "train_step.py", "--backbone=resnet50", "--size=32", "--batch-size=4", "--steps=1", "--warmup-steps=1",
+        "--rounds=1",
+    )  # fmt: skip
     assert float(figures["plain_images_per_s"]) > 0 and float(figures["lightning_over_plain"]) > 0
 
 
@@ -36,19 +42,72 @@ def test_cam_benchmark_prints_seconds():
     assert float(figures["cam_seconds_densenet169"]) > 0
 
 
-def test_gpu_benchmark_runs_its_code_on_the_cpu():
-    figures = run_benchmark(
-        "gpu.py",
-        "--device=cpu",
-        "--size=32",
-        "--batch-size=2",
-        "--steps=1",
-        "--backbones=resnet50",
-        "--no-compile",
-        "--pipeline-images=100",
-        "--workers=0",
-    )
-    speeds = [key for key in figures if key.endswith("_images_per_s") and key.startswith("resnet50_")]
-    assert sorted(speeds) == [f"resnet50_{p}_{m}_images_per_s" for p in ("bf16", "fp32") for m in ("nchw", "nhwc")]
-    assert float(figures["resnet50_bf16_nhwc_mura_epoch_s"]) > 0
-    assert float(figures["pipeline_cache_gpu_augment_images_per_s"]) > 0
+def test_the_gpu_check_dry_run_passes_every_stage(tmp_path):
+    """gpu_check.sh --dry-run: the GPU check's stages on the CPU at tiny sizes (so it keeps working between GPU
+    loans). The budget is generous here: on a shared 2-core machine the run takes about a minute."""
+    environment = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_BUDGET_S": "600"}
+    finished = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=900, env=environment,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert finished.returncode == 0, finished.stdout[-3000:] + (tmp_path / "gpu_check.log").read_text()[-5000:]
+    assert results["ok"] and results["dry_run"] and "CPU dry run" in results["card"]
+    statuses = {name: stage["status"] for name, stage in results["stages"].items()}
+    assert statuses == {
+        "install": "ok", "data": "ok", "tests": "ok", "bench_eager": "ok",
+        "bench_compiled": "skipped", "bench_autotune": "skipped",
+    }  # fmt: skip
+    assert results["test_counts"] == {"passed": 6}
+    figures = results["figures"]
+    assert figures["train_images_per_s/resnet50/bf16/nhwc"] > 0
+    assert figures["train_images_per_s/resnet50/fp32/nchw/fused/nobench"] > 0
+    assert figures["pipeline_images_per_s/0_workers"] > 0
+    assert figures["lightning_over_plain_min/resnet50/fp32/nchw"] <= figures["lightning_over_plain/resnet50/fp32/nchw"]
+    assert all(goal["met"] is None for goal in results["goals"].values()), "a dry run judges no goal"
+    assert "== tests: ok" in (tmp_path / "gpu_check.log").read_text()
+
+
+def test_the_gpu_check_refuses_unknown_stages_and_options(tmp_path):
+    for arguments, message in (
+        (["--stages", "tests,bench_fast"], "unknown stage 'bench_fast'"),
+        (["--fast"], "unknown option --fast"),
+        ([], "usage: bash benchmarks/gpu_check.sh"),
+    ):
+        finished = subprocess.run(
+            ["bash", "benchmarks/gpu_check.sh", *arguments, *([str(tmp_path)] if arguments else [])],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+        )  # fmt: skip
+        assert finished.returncode == 2 and message in finished.stderr, finished.stderr
+
+
+@pytest.fixture
+def gpu_benchmark(monkeypatch):
+    """benchmarks/gpu.py as a module (it imports its neighbours as a script does)."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import gpu
+
+    return gpu
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("densenet169/bf16", "is not backbone/precision/layout"),
+        ("densenet169/fp16/nhwc", "is not backbone/precision/layout"),
+        ("resnet50/bf16/nhwc/turbo", "unknown option 'turbo'"),
+        ("resnet50/bf16/nhwc/batch=x", "unknown option 'batch=x'"),
+    ],
+)
+def test_a_bad_gpu_benchmark_variant_is_a_clear_error(gpu_benchmark, spec, message):
+    with pytest.raises(ValueError, match=message):
+        gpu_benchmark.Variant.parse(spec)
+
+
+def test_gpu_benchmark_variants_expand_and_name_themselves(gpu_benchmark):
+    Variant, expand = gpu_benchmark.Variant, gpu_benchmark.expand
+    variants = expand(["levers", "compiled", "resnet50/bf16/nhwc/fused"], ["resnet50"], 64)
+    names = [variant.name for variant in variants]
+    assert names[:3] == ["resnet50/bf16/nhwc/nobench", "resnet50/bf16/nhwc/fused", "resnet50/bf16/nhwc/batch=128"]
+    assert names[3] == "resnet50/bf16/nhwc/compile" and len(names) == 7, "the fused spec is listed once"
+    assert all(Variant.parse(name) == variant for name, variant in zip(names, variants, strict=True))

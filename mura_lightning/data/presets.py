@@ -98,9 +98,11 @@ class BatchAugment:
         self.rotation_range = (low, high)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The augmented batch; angles and flips are drawn from the CPU's random generator, so a seed gives the
+        same draws on any device."""
         count = len(images)
-        angles = torch.empty(count, device=images.device).uniform_(*self.rotation_range)
-        flips = torch.rand(count, device=images.device) < self.hflip_prob
+        angles = torch.empty(count).uniform_(*self.rotation_range).to(images.device)
+        flips = (torch.rand(count) < self.hflip_prob).to(images.device)
         return rotate_and_flip(images, angles, flips)
 
 

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The GPU check of mura-lightning, prepared to run in one call whenever a GPU is lent (issue 14):
+#
+#   bash benchmarks/gpu_check.sh [--dry-run] [--stages install,data,...] OUT
+#
+# From the repo root. Stages, in order, each under its own time limit and all under one budget; a stage that
+# fails or runs out of time is recorded and the next one still runs:
+#   install         what the machine lacks (hydra-core, omegaconf, antlr4, grad-cam, ttach, test tools), from the
+#                   wheels in gpu-wheels/ (`make gpu-wheels` fills it), without the network
+#   data            a synthetic MURA (trained at 320 px)
+#   tests           pytest -m gpu (tests/test_gpu.py)
+#   bench_eager     benchmarks/gpu.py: fp32/bf16 x NCHW/NHWC eager, the levers, the loader with 8 and 16 workers,
+#                   the Lightning / plain ratio
+#   bench_compiled  the same four variants under torch.compile (bf16 channels_last first)
+#   bench_autotune  torch.compile mode=max-autotune
+# Writes OUT/gpu_results.json (benchmarks/gpu_summary.py) and OUT/gpu_check.log; prints the card's name first and
+# a summary last. Exits 0 when every stage that ran passed.
+#
+# --dry-run: the same stages on the CPU at tiny sizes (nothing installed when the imports are present, nothing
+# compiled); tests/test_benchmarks.py runs it, so make test keeps this script working between GPU loans.
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 450 on a GPU, 85 for --dry-run).
+set -uo pipefail
+
+usage() {
+    echo "usage: bash benchmarks/gpu_check.sh [--dry-run] [--stages install,data,tests,bench_eager,bench_compiled,bench_autotune] OUT" >&2
+    exit 2
+}
+
+ALL_STAGES="install,data,tests,bench_eager,bench_compiled,bench_autotune"
+DRY_RUN=0
+STAGES=$ALL_STAGES
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 ;;
+        --stages) [ $# -ge 2 ] || usage; STAGES=$2; shift ;;
+        --stages=*) STAGES=${1#--stages=} ;;
+        -h|--help) usage ;;
+        -*) echo "gpu_check.sh: unknown option $1" >&2; usage ;;
+        *) [ -z "$OUT" ] || usage; OUT=$1 ;;
+    esac
+    shift
+done
+[ -n "$OUT" ] || usage
+for stage in ${STAGES//,/ }; do
+    case ",$ALL_STAGES," in
+        *",$stage,"*) ;;
+        *) echo "gpu_check.sh: unknown stage '$stage'; the stages are $ALL_STAGES" >&2; exit 2 ;;
+    esac
+done
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO" || exit 2
+PYTHON=${PYTHON:-python3}
+WHEELS="$REPO/gpu-wheels"
+mkdir -p "$OUT" || exit 2
+OUT=$(cd "$OUT" && pwd)
+LOG="$OUT/gpu_check.log"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+: >"$LOG"
+: >"$WORK/stages.tsv"
+export PYTHONPATH="$REPO:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+
+if [ "$DRY_RUN" = 1 ]; then
+    BUDGET_S=${GPU_CHECK_BUDGET_S:-85}
+    STUDIES_PER_PART=6
+    export MURA_GPU_TEST_DEVICE=cpu
+    BENCH_COMMON=(--device cpu --size 32 --batch-size 2 --steps 1 --warmup-steps 1 --backbones resnet50)
+    EAGER_ARGS=(--variants resnet50/bf16/nhwc resnet50/fp32/nchw/fused/nobench --workers 0 --pipeline-images 8
+        --ratio-rounds 1 --ratio-variant resnet50/fp32/nchw)
+else
+    BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
+    STUDIES_PER_PART=100
+    export MURA_GPU_TEST_DEVICE=cuda
+    BENCH_COMMON=(--device cuda)
+    EAGER_ARGS=(--variants eager levers --workers 8 16 --ratio-rounds 3)
+fi
+DATA="$WORK/data"
+export MURA_GPU_TEST_DATA="$DATA"
+
+log() { echo "$*" | tee -a "$LOG"; }
+
+# run_stage NAME LIMIT_S COMMAND...: runs it with its output in the log, under min(LIMIT_S, what the budget has
+# left), and records status, exit code and seconds in stages.tsv.
+run_stage() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET_S - SECONDS - 5))
+    if [ "$left" -lt 10 ]; then
+        log "== $name: skipped, the ${BUDGET_S} s budget is spent"
+        printf '%s\tskipped (budget spent)\t0\t0\n' "$name" >>"$WORK/stages.tsv"
+        return
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
+    log "== $name (limit ${limit} s): $*"
+    local started=$SECONDS
+    if declare -F "$1" >/dev/null; then  # a function of this script, exported: timeout runs programs only
+        set -- bash -c '"$@"' _ "$@"
+    fi
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$WORK/$name.log" >>"$LOG"
+    local code=${PIPESTATUS[0]}
+    local status=ok
+    case "$code" in
+        0) ;;
+        124|137) status="timed out after ${limit} s" ;;
+        *) status="failed (exit $code)" ;;
+    esac
+    log "== $name: $status in $((SECONDS - started)) s"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$code" "$((SECONDS - started))" >>"$WORK/stages.tsv"
+}
+
+skip_stage() {
+    log "== $1: skipped ($2)"
+    printf '%s\tskipped\t0\t0\n' "$1" >>"$WORK/stages.tsv"
+}
+
+wanted() { case ",$STAGES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# The card's name, torch and CUDA versions (also when the later stages fail).
+"$PYTHON" - "$WORK/env.json" "$DRY_RUN" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, platform, sys
+info = {"python": platform.python_version(), "host": platform.node()}
+try:
+    import torch
+    cuda = torch.cuda.is_available()
+    info.update(torch=torch.__version__, cuda=torch.version.cuda, gpus=torch.cuda.device_count() if cuda else 0)
+    info["card"] = torch.cuda.get_device_name(0) if cuda else "none"
+except ImportError as err:
+    info["card"] = f"unknown (torch does not import: {err})"
+if sys.argv[2] == "1":
+    info["card"] = f"{info['card']} (CPU dry run)"
+with open(sys.argv[1], "w") as file:
+    json.dump(info, file)
+print(f"card: {info['card']}  torch {info.get('torch')}  CUDA {info.get('cuda')}  Python {info['python']}")
+EOF
+
+# install: modules the package and its tests import, with the wheel that provides each; only missing ones.
+install_missing() {
+    local missing
+    missing=$("$PYTHON" - <<'EOF'
+import importlib.metadata
+import importlib.util
+
+needed = {
+    "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime",
+    "pytorch_grad_cam": "grad-cam", "ttach": "ttach", "pytest": "pytest", "pluggy": "pluggy",
+    "iniconfig": "iniconfig", "rich": "rich", "markdown_it": "markdown-it-py", "mdurl": "mdurl",
+    "pygments": "pygments", "seaborn": "seaborn",
+}
+# omegaconf's grammar needs this runtime series; another one imports but fails at the first config
+versions = {"antlr4-python3-runtime": "4.9."}
+
+
+def usable(module, dist):
+    if importlib.util.find_spec(module) is None:
+        return False
+    try:
+        return importlib.metadata.version(dist).startswith(versions.get(dist, ""))
+    except importlib.metadata.PackageNotFoundError:
+        return dist not in versions
+
+
+print(" ".join(dist for module, dist in needed.items() if not usable(module, dist)))
+EOF
+    ) || return 1
+    if [ -z "$missing" ]; then
+        echo "nothing to install: every module imports"
+        return 0
+    fi
+    if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+        echo "missing: $missing, and no wheels in $WHEELS: run 'make gpu-wheels' on a machine with the network and carry gpu-wheels"
+        return 1
+    fi
+    echo "installing from $WHEELS: $missing"
+    # shellcheck disable=SC2086  # one word per distribution
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --find-links "$WHEELS" \
+        --target "$WORK/site" $missing || return 1
+    "$PYTHON" -c "import hydra, omegaconf, pytorch_grad_cam, ttach, pytest, rich, seaborn; print('imports ok')"
+}
+
+export -f install_missing
+export PYTHON WHEELS WORK
+BENCH=("$PYTHON" benchmarks/gpu.py "${BENCH_COMMON[@]}" --results "$WORK/figures.jsonl")
+
+wanted install && run_stage install 60 install_missing
+wanted data && run_stage data 60 "$PYTHON" -m mura_lightning.synthetic root="$DATA" \
+    studies_per_part=$STUDIES_PER_PART seed=0
+wanted tests && run_stage tests 210 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -v -rfE -p no:cacheprovider \
+    --junitxml="$WORK/junit.xml"
+wanted bench_eager && run_stage bench_eager 180 "${BENCH[@]}" "${EAGER_ARGS[@]}" --pipeline-root "$DATA/MURA-v1.1"
+if [ "$DRY_RUN" = 1 ]; then
+    wanted bench_compiled && skip_stage bench_compiled "dry run: compiling takes minutes on a CPU"
+    wanted bench_autotune && skip_stage bench_autotune "dry run: compiling takes minutes on a CPU"
+else
+    wanted bench_compiled && run_stage bench_compiled 240 "${BENCH[@]}" --variants compiled --workers --ratio-rounds 0
+    wanted bench_autotune && run_stage bench_autotune 180 "${BENCH[@]}" --variants max-autotune --workers \
+        --ratio-rounds 0
+fi
+
+summary_args=(--work "$WORK" --out "$OUT" --wall-s "$SECONDS")
+[ "$DRY_RUN" = 1 ] && summary_args+=(--dry-run)
+"$PYTHON" benchmarks/gpu_summary.py "${summary_args[@]}" 2>&1 | tee -a "$LOG"
+cp "$WORK/junit.xml" "$OUT/gpu_tests_junit.xml" 2>/dev/null
+if grep -qv $'\t\(ok\|skipped\)' "$WORK/stages.tsv"; then
+    exit 1
+fi
+exit 0

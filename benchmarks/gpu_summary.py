@@ -1,0 +1,165 @@
+"""Collects one run of benchmarks/gpu_check.sh into OUT/gpu_results.json: the machine, each stage's outcome, the
+test results, the figures and the goals they are held to; and prints the same in short.
+
+python benchmarks/gpu_summary.py --work WORK --out OUT [--dry-run] [--wall-s SECONDS]
+
+Standard library only, so that it runs even where the package or its dependencies could not be installed.
+WORK holds what the stages left: env.json, stages.tsv (stage, status, rc, seconds), figures.jsonl (one
+{name: value} per line, from gpu.py --results), junit.xml and tests.log (from pytest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+RESULTS_FILE = "gpu_results.json"
+# Goals of issue 14: training images/s of the best bf16 variant on one GPU, the loader against the fastest model,
+# Lightning against the plain loop.
+TRAINING_GOALS = {"densenet169": 1500.0, "resnet50": 2500.0}
+LOADER_OVER_MODEL_GOAL = 2.0
+LIGHTNING_OVER_PLAIN_GOAL = 0.95
+TEST_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
+
+
+def read_stages(path: Path) -> dict[str, dict]:
+    """Each stage's status, exit code and seconds, in the order they ran."""
+    stages = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, status, code, seconds = line.split("\t")
+            stages[name] = {"status": status, "rc": int(code), "seconds": round(float(seconds), 1)}
+    return stages
+
+
+def read_figures(path: Path) -> dict[str, float]:
+    """The figures gpu.py wrote, later lines winning."""
+    figures: dict[str, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                figures.update(json.loads(line))
+    return figures
+
+
+def read_tests(junit: Path, log: Path) -> dict[str, dict]:
+    """Test name -> outcome (and message), from pytest's JUnit XML, or from its -v log when pytest was stopped
+    before writing the XML."""
+    outcomes: dict[str, dict] = {}
+    if junit.exists():
+        for case in ElementTree.parse(junit).getroot().iter("testcase"):
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            outcome = {"outcome": "passed", "seconds": round(float(case.get("time", 0.0)), 1)}
+            for tag in ("failure", "error", "skipped"):
+                element = case.find(tag)
+                if element is not None:
+                    outcome["outcome"] = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                    outcome["message"] = (element.get("message") or "")[:500]
+            outcomes[name] = outcome
+    elif log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            match = TEST_LINE.match(line)
+            if match:
+                outcomes[match.group(1)] = {"outcome": match.group(2).lower()}
+    return outcomes
+
+
+def best(figures: dict[str, float], prefix: str) -> tuple[str, float] | None:
+    """The highest figure whose name starts with `prefix`, with its name."""
+    found = [(name, value) for name, value in figures.items() if name.startswith(prefix)]
+    return max(found, key=lambda item: item[1]) if found else None
+
+
+def goal(value: float | None, target: float, at_least: bool = True, **extra) -> dict:
+    """A goal's record: `met` is null when the figure was not measured."""
+    met = None if value is None else (value >= target if at_least else value <= target)
+    return {"value": value, "target": target, "met": met, **extra}
+
+
+def goals(figures: dict[str, float], judged: bool = True) -> dict[str, dict]:
+    """The goals of the issue, each with the figure that decides it; `met` is null when the figure was not
+    measured or not `judged` (a dry run's figures say nothing about a GPU)."""
+    results = {}
+    fastest = best(figures, "train_images_per_s/")
+    for backbone, target in TRAINING_GOALS.items():
+        found = best(figures, f"train_images_per_s/{backbone}/bf16/")
+        name, value = found if found else (None, None)
+        results[f"{backbone}_bf16_best_images_per_s"] = goal(value, target, variant=name)
+    loader = best(figures, "pipeline_images_per_s/")
+    ratio = loader[1] / fastest[1] if loader and fastest else None
+    results["loader_over_fastest_model"] = goal(
+        ratio, LOADER_OVER_MODEL_GOAL, loader=loader and loader[0], model=fastest and fastest[0]
+    )
+    lightning = best(figures, "lightning_over_plain/")
+    results["lightning_over_plain_median"] = goal(lightning and lightning[1], LIGHTNING_OVER_PLAIN_GOAL)
+    if not judged:
+        for record in results.values():
+            record["met"] = None
+    return results
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as file:
+        json.dump(data, file, indent=2, allow_nan=True)
+    os.replace(temporary, path)
+
+
+def summarise(work: Path, dry_run: bool, wall_s: float | None) -> dict:
+    """Everything one run left in `work`, as one dictionary."""
+    environment = json.loads((work / "env.json").read_text()) if (work / "env.json").exists() else {}
+    stages = read_stages(work / "stages.tsv")
+    tests = read_tests(work / "junit.xml", work / "tests.log")
+    figures = read_figures(work / "figures.jsonl")
+    counts: dict[str, int] = {}
+    for outcome in tests.values():
+        counts[outcome["outcome"]] = counts.get(outcome["outcome"], 0) + 1
+    return {
+        "card": environment.get("card", "unknown (the env step did not run)"),
+        "dry_run": dry_run,
+        "ok": all(stage["status"] == "ok" or stage["status"].startswith("skipped") for stage in stages.values()),
+        "wall_s": wall_s,
+        "environment": environment,
+        "stages": stages,
+        "test_counts": counts,
+        "tests": tests,
+        "figures": figures,
+        "goals": goals(figures, judged=not dry_run),
+    }
+
+
+def report(results: dict) -> str:
+    """A few lines for the log: card, stages, failed tests, goals."""
+    lines = [f"card: {results['card']}  dry run: {results['dry_run']}  ok: {results['ok']}"]
+    lines += [f"stage {name}: {s['status']} ({s['seconds']} s)" for name, s in results["stages"].items()]
+    lines.append(f"tests: {results['test_counts']}")
+    for name, outcome in results["tests"].items():
+        if outcome["outcome"] in ("failed", "error"):
+            lines.append(f"  {outcome['outcome']}: {name}: {outcome.get('message', '')[:300]}")
+    for name, record in results["goals"].items():
+        value = "not measured" if record["value"] is None else f"{record['value']:.3f}"
+        verdict = {True: "met", False: "NOT met", None: "not judged"}[record["met"]]
+        lines.append(f"goal {name}: {value} (target {record['target']}): {verdict}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--wall-s", type=float)
+    args = parser.parse_args()
+    results = summarise(args.work, args.dry_run, args.wall_s)
+    write_json_atomic(args.out / RESULTS_FILE, results)
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
