@@ -52,3 +52,16 @@ def test_gpu_benchmark_runs_its_code_on_the_cpu():
     assert sorted(speeds) == [f"resnet50_{p}_{m}_images_per_s" for p in ("bf16", "fp32") for m in ("nchw", "nhwc")]
     assert float(figures["resnet50_bf16_nhwc_mura_epoch_s"]) > 0
     assert float(figures["pipeline_cache_gpu_augment_images_per_s"]) > 0
+
+
+def test_bootstrap_benchmark_prints_the_ratio_and_coverage():
+    figures = run_benchmark(
+        "bootstrap.py",
+        "--samples=100",
+        "--sklearn-samples=2",
+        "--coverage",
+        "--repetitions=2",
+        "--coverage-patients=30",
+    )
+    assert float(figures["bootstrap_seconds"]) > 0 and float(figures["sklearn_over_bootstrap"]) > 0
+    assert 0 <= float(figures["coverage_kappa"]) <= 1
