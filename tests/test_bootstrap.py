@@ -226,7 +226,7 @@ def test_the_official_scorers_kappa_interval_is_far_narrower():
     expected = labels.mean() * preds.mean() + (1 - labels.mean()) * (1 - preds.mean())
     variance = observed * (1 - observed) / (n * (1 - expected) ** 2)
     ours = table.loc[OVERALL, "kappa_ci_high"] - table.loc[OVERALL, "kappa_ci_low"]
-    assert 2 * 1.96 * variance < ours / 5
+    assert 2 * 1.96 * variance < ours / 10  # about 20 times narrower here (n = 286)
     assert 0.5 < 2 * 1.96 * np.sqrt(variance) / ours < 2  # with the square root it is the same size as ours
 
 
