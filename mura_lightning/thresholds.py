@@ -3,13 +3,15 @@ force for a model or an ensemble."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchmetrics.classification import BinaryPrecisionRecallCurve, BinaryROC
 
 from mura_lightning.errors import MuraError
+from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.metrics import LEVELS, PredictionTable
 
 THRESHOLD_METHODS = ("youden", "f1")
@@ -23,8 +25,10 @@ class MetricSettings:
     tune_threshold: bool = False
     threshold_method: str = "youden"
     threshold_level: str = "study"
+    bootstrap: Mapping[str, Any] | None = None  # metrics.bootstrap: checked here, used by evaluation.bootstrap
 
     def __post_init__(self) -> None:
+        BootstrapSettings.from_config(self.bootstrap)
         check_threshold(self.threshold, "metrics.threshold")
         if self.threshold_method not in THRESHOLD_METHODS:
             raise MuraError(
