@@ -113,24 +113,6 @@ def test_gpu_benchmark_variants_expand_and_name_themselves(gpu_benchmark):
     assert all(Variant.parse(name) == variant for name, variant in zip(names, variants, strict=True))
 
 
-def test_gpu_benchmark_runs_its_code_on_the_cpu():
-    figures = run_benchmark(
-        "gpu.py",
-        "--device=cpu",
-        "--size=32",
-        "--batch-size=2",
-        "--steps=1",
-        "--backbones=resnet50",
-        "--no-compile",
-        "--pipeline-images=100",
-        "--workers=0",
-    )
-    speeds = [key for key in figures if key.endswith("_images_per_s") and key.startswith("resnet50_")]
-    assert sorted(speeds) == [f"resnet50_{p}_{m}_images_per_s" for p in ("bf16", "fp32") for m in ("nchw", "nhwc")]
-    assert float(figures["resnet50_bf16_nhwc_mura_epoch_s"]) > 0
-    assert float(figures["pipeline_cache_gpu_augment_images_per_s"]) > 0
-
-
 def test_bootstrap_benchmark_prints_the_ratio_and_coverage():
     figures = run_benchmark(
         "bootstrap.py",
