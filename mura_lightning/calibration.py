@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import matplotlib
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_METHODS = ("none", "temperature")
 CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
 LBFGS_ITERATIONS = 100
-LOG_TEMPERATURE_BOUND = 5.0  # temperatures outside [e^-5, e^5] (~0.007 to ~148) mean a degenerate fit
+LOG_TEMPERATURE_BOUND = 5.0  # temperatures are kept within [e^-5, e^5] (~0.007 to ~148)
 
 
 def check_calibration(method: str) -> str:
@@ -36,8 +37,8 @@ def calibrated_probabilities(logits: torch.Tensor, temperature: float | torch.Te
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T > 0 minimising the binary cross-entropy of sigmoid(logits / T) against `labels`, found
-    by LBFGS on log T. 1.0 (no scaling), with a warning, when the labels hold one class only or the fit
-    diverges: a temperature cannot be told from such data."""
+    by LBFGS on log T, kept within e^-5..e^5 (logits that say nothing of the labels send T to infinity). 1.0 (no
+    scaling), with a warning, when the labels hold one class only: a temperature cannot be told from them."""
     labels = labels.detach().float().reshape(-1)
     if len(labels) == 0 or labels.unique().numel() < 2:
         log.warning("temperature scaling needs validation predictions of both classes; keeping temperature 1")
@@ -57,10 +58,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
         optimizer.step(closure)
         fitted = float(log_t.detach())
-    if not (abs(fitted) <= LOG_TEMPERATURE_BOUND):
-        log.warning("temperature scaling diverged (log T = %s); keeping temperature 1", fitted)
+    if fitted != fitted:
+        log.warning("temperature scaling failed (log T is NaN); keeping temperature 1")
         return 1.0
-    return float(torch.tensor(fitted).exp())
+    if abs(fitted) > LOG_TEMPERATURE_BOUND:
+        fitted = max(-LOG_TEMPERATURE_BOUND, min(LOG_TEMPERATURE_BOUND, fitted))
+        log.warning("temperature scaling ran off (logits of little information); using T = %.3g", math.exp(fitted))
+    return math.exp(fitted)
 
 
 def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = CALIBRATION_BINS):

@@ -14,7 +14,6 @@ import torch
 from conftest import compose_run, run_module, tiny_run_overrides
 from sklearn import metrics as sk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 from mura_lightning.calibration import CALIBRATION_BINS, fit_temperature, reliability_bins, reliability_figure
@@ -219,14 +218,18 @@ def test_table_by_body_part_has_parts_then_overall():
     assert frame.loc["overall", "kappa"] == values["test/study/kappa"]
 
 
+CALIBRATED = ("metrics.tune_threshold=true", "metrics.threshold_per_body_part=true", "metrics.calibration=temperature")
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A tiny two-epoch run over shoulder and wrist, with threshold tuning; its results and run folder."""
+    """A tiny two-epoch run over shoulder and wrist, with per-body-part threshold tuning and temperature scaling;
+    its results and run folder."""
     from mura_trees import standard_studies, write_tree
 
     tmp = tmp_path_factory.mktemp("metrics_run")
     root = write_tree(tmp, standard_studies())
-    results = train(compose_run(root, tmp, "trainer.max_epochs=2", "metrics.tune_threshold=true"))
+    results = train(compose_run(root, tmp, "trainer.max_epochs=2", *CALIBRATED))
     return root, tmp / "run", results
 
 
@@ -245,12 +248,16 @@ def test_tensorboard_holds_the_scalars_figures_and_hparams(finished_run):
         "test/image/f1_normal/wrist",
         "test/study/specificity",
         "val/tuned_threshold",
+        "val/tuned_threshold/wrist",
+        "val/temperature",
         "test/threshold",
+        "test/study/ece",
+        "test/image/brier/shoulder",
     ):
         assert tag in scalars, tag
     for stage in ("val", "test"):
         for level in ("image", "study"):
-            for figure in ("confusion_matrix", "roc", "pr"):
+            for figure in ("confusion_matrix", "roc", "pr", "reliability"):
                 assert f"{stage}/{level}/{figure}" in images
     plugins = events.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins
@@ -268,6 +275,9 @@ def test_metrics_csv_matches_the_results_and_the_tuned_threshold_is_applied(fini
     assert (run_dir / "metrics_by_bodypart_image.csv").is_file()
     assert results["test/threshold"] == results["val/tuned_threshold"]
     assert results["val/threshold"] == 0.5
+    for part in ("shoulder", "wrist"):
+        assert table.loc[part, "threshold"] == pytest.approx(results[f"val/tuned_threshold/{part}"])
+    assert results["test/temperature"] == results["val/temperature"] != 1.0
 
 
 def test_ddp_metrics_equal_a_single_process_run(finished_run, tmp_path):
@@ -279,7 +289,7 @@ def test_ddp_metrics_equal_a_single_process_run(finished_run, tmp_path):
         "train=false",
         f"ckpt_path={results['ckpt_path']}",
         "trainer=ddp_cpu",
-        "metrics.tune_threshold=true",
+        *CALIBRATED,
         f"paths.output_dir={tmp_path}/ddp",
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -325,6 +335,12 @@ def test_temperature_scaling_lowers_ece_and_keeps_auroc():
 def test_temperature_of_one_class_is_one_with_a_warning(caplog):
     assert fit_temperature(torch.tensor([1.0, 2.0, -3.0]), torch.ones(3)) == 1.0
     assert "both classes" in caplog.text
+
+
+def test_uninformative_logits_send_the_temperature_to_its_bound_with_a_warning(caplog):
+    logits, labels = over_confident(2, n=500)
+    assert fit_temperature(-logits, labels) == pytest.approx(math.exp(5.0))
+    assert "ran off" in caplog.text
 
 
 def test_temperature_is_fitted_under_inference_mode():
