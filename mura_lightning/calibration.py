@@ -45,10 +45,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return 1.0
     # Validation runs under inference mode; fitting needs autograd on ordinary tensors.
     with torch.inference_mode(False), torch.enable_grad():
-        x = logits.detach().float().reshape(-1).clone()
-        y = labels.clone()
-        log_t = torch.zeros((), requires_grad=True)
-        optimizer = torch.optim.LBFGS([log_t], max_iter=LBFGS_ITERATIONS, line_search_fn="strong_wolfe")
+        # float64: the loss is flat near its optimum on small splits, and float32 stops the search early there.
+        x = logits.detach().double().reshape(-1).clone()
+        y = labels.double().clone()
+        log_t = torch.zeros((), dtype=torch.float64, device=x.device, requires_grad=True)
+        optimizer = torch.optim.LBFGS(
+            [log_t], max_iter=LBFGS_ITERATIONS, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+        )
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
