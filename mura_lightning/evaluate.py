@@ -23,14 +23,14 @@ from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.files import predict_files
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic, write_text_atomic
-from mura_lightning.metrics import PredictionTable, StageMetrics, metrics_by_body_part
+from mura_lightning.metrics import PredictionTable, StageMetrics, metrics_by_body_part, row_thresholds
 from mura_lightning.report import print_metrics_table
 
 log = logging.getLogger(__name__)
 
 STAGE = "test"
 TEST_SPLIT = "valid"
-FIGURES = ("confusion_matrix", "roc")
+FIGURES = ("confusion_matrix", "roc", "reliability")
 FIGURE_DPI = 120
 SHOWN_UNREADABLE = 5
 
@@ -63,10 +63,11 @@ def readable_table(rows: pd.DataFrame, probs) -> PredictionTable:
 
 
 def prediction_frames(
-    images: PredictionTable, studies: PredictionTable, rows: pd.DataFrame, threshold: float
+    images: PredictionTable, studies: PredictionTable, rows: pd.DataFrame, threshold: float | torch.Tensor
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-image (path, patient, body_part, study, label, prob) and per-study (study, patient, body_part,
-    label, prob, pred) tables, with study folders relative to the MURA root."""
+    label, prob, pred) tables, with study folders relative to the MURA root; `pred` at `threshold` (one number,
+    or one per BODY_PARTS entry)."""
     by_image = rows.set_index("image_id")
     by_study = rows.drop_duplicates("study_id").set_index("study_id")
     image_frame = images.to_frame()
@@ -75,7 +76,7 @@ def prediction_frames(
     study_frame = studies.to_frame()
     for column in ("patient", "study"):
         study_frame[column] = by_study.loc[study_frame["study"], column].to_numpy()
-    study_frame["pred"] = (study_frame["prob"] > threshold).astype("int64")
+    study_frame["pred"] = (studies.probs > row_thresholds(threshold, studies.body_parts)).long().numpy()
     return (
         image_frame[["path", "patient", "body_part", "study", "label", "prob"]],
         study_frame[["study", "patient", "body_part", "label", "prob", "pred"]],
@@ -88,9 +89,11 @@ def write_submission(path: Path, study_folders: Iterable[str], preds: Iterable[i
     write_text_atomic(path, rows)
 
 
-def write_outputs(out: Path, values: dict, tables: dict[str, PredictionTable], rows, root: Path, title: str) -> None:
-    """results.json, the per-body-part table, both prediction tables, submission.csv and the figures."""
-    threshold = values[f"{STAGE}/threshold"]
+def write_outputs(
+    out: Path, values: dict, tables: dict[str, PredictionTable], rows, root: Path, title: str, threshold
+) -> None:
+    """results.json, the per-body-part table, both prediction tables, submission.csv and the figures, decided at
+    `threshold` (one number, or one per BODY_PARTS entry)."""
     write_json_atomic(out / RESULTS_FILE, values)
     table = metrics_by_body_part(values, STAGE, "study")
     write_atomically(out / "metrics_by_bodypart.csv", lambda tmp: table.to_csv(tmp))
@@ -139,7 +142,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not len(images):
         raise MuraError(f"no image of the {TEST_SPLIT} split under {root} could be read")
     tables = {"image": images, "study": images.by_study(model.study_aggregation)}
-    values = StageMetrics().score(STAGE, tables, model.threshold)
+    values = StageMetrics().score(STAGE, tables, model.part_thresholds())
     description = model.describe()
     values.update(
         {
@@ -151,7 +154,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         }
     )
     out = Path(cfg.paths.output_dir)
-    write_outputs(out, values, tables, rows, root, f"{description['model']} study")
+    write_outputs(out, values, tables, rows, root, f"{description['model']} study", model.part_thresholds())
     print_metrics_table(values, STAGE)
     log.info("evaluation written to %s", out)
     return values

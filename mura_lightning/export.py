@@ -113,11 +113,15 @@ def describe(model: InferenceModel, ckpt_path: Path, model_path: Path, fmt: str,
         "tta_degrees": model.tta.degrees,
         "output_name": OUTPUT_NAME,
         "output_shape": [BATCH_AXIS],
-        "output": "the probability that each image is abnormal (the mean over the tta views)",
+        "output": "the probability that each image is abnormal: sigmoid(logit / temperature), the mean over the "
+        "tta views",
+        "temperature": model.temperatures[0],
         "study_aggregation": aggregation,
         "study": f"a study's probability is the {aggregation} of its images' probabilities",
         "threshold": model.threshold,
-        "decision": "a study (or image) is abnormal when its probability is above threshold",
+        "thresholds": model.thresholds,
+        "decision": "a study (or image) is abnormal when its probability is above its body part's entry of "
+        "thresholds, or threshold when thresholds is null or lacks the part",
     }
 
 

@@ -3,16 +3,17 @@ with torchmetrics, overall and per body part."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import pandas as pd
 import torch
 from torch import nn
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MeanSquaredError, Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
     BinaryAveragePrecision,
+    BinaryCalibrationError,
     BinaryCohenKappa,
     BinaryConfusionMatrix,
     MulticlassF1Score,
@@ -22,6 +23,7 @@ from torchmetrics.classification import (
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.wrappers import ClasswiseWrapper
 
+from mura_lightning.calibration import CALIBRATION_BINS, calibrated_probabilities
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
 from mura_lightning.inference.aggregate import aggregate_studies
@@ -45,7 +47,10 @@ METRIC_NAMES = (
     "false_positives",
     "false_negatives",
     "true_positives",
+    "ece",
+    "brier",
 )
+THRESHOLD_COLUMN = "threshold"
 
 
 @dataclass
@@ -144,16 +149,33 @@ def _classwise(metric_class: type, name: str) -> ClasswiseWrapper:
     )
 
 
+def row_thresholds(threshold: float | torch.Tensor, body_parts: torch.Tensor) -> float | torch.Tensor:
+    """The threshold of each row of a table: `threshold` itself when it is one number, else (a tensor with one
+    threshold per BODY_PARTS entry) the threshold of each row's body part."""
+    if isinstance(threshold, torch.Tensor) and threshold.ndim == 1:
+        return threshold.to(body_parts.device)[body_parts]
+    return float(threshold)
+
+
 class BinaryScores(nn.Module):
-    """torchmetrics for one set of predictions: AUROC and average precision on probabilities; accuracy, Cohen's
-    kappa, per-class precision, recall and F1, and the confusion matrix on decisions (abnormal iff prob >
-    threshold). They do not sync across processes: they score predictions that are already gathered."""
+    """torchmetrics for one set of predictions: AUROC and average precision on probabilities; expected
+    calibration error (15 equal-width bins, L1) and Brier score (mean squared error of the probability);
+    accuracy, Cohen's kappa, per-class precision, recall and F1, and the confusion matrix on decisions (abnormal
+    iff prob > threshold). They do not sync across processes: they score predictions that are already
+    gathered."""
 
     def __init__(self) -> None:
         super().__init__()
         options = {"sync_on_compute": False}
         self.ranking = MetricCollection(
             {"auroc": BinaryAUROC(**options), "average_precision": BinaryAveragePrecision(**options)},
+            compute_groups=False,
+        )
+        self.calibration = MetricCollection(
+            {
+                "ece": BinaryCalibrationError(n_bins=CALIBRATION_BINS, norm="l1", **options),
+                "brier": MeanSquaredError(**options),
+            },
             compute_groups=False,
         )
         self.decisions = MetricCollection(
@@ -168,16 +190,19 @@ class BinaryScores(nn.Module):
         )
         self.confusion = BinaryConfusionMatrix(**options)
 
-    def score(self, table: PredictionTable, threshold: float) -> dict[str, float]:
-        """Every metric of `table` at `threshold`, the confusion matrix as four counts; AUROC is NaN when only
-        one class is present."""
+    def score(self, table: PredictionTable, threshold: float | torch.Tensor) -> dict[str, float]:
+        """Every metric of `table` at `threshold` (one number, or a tensor with each row's threshold), the
+        confusion matrix as four counts; AUROC is NaN when only one class is present."""
         labels = table.labels.long()
         decisions = (table.probs > threshold).long()
-        for metric in (self.ranking, self.decisions, self.confusion):
+        for metric in (self.ranking, self.calibration, self.decisions, self.confusion):
             metric.reset()
         self.ranking.update(table.probs, labels)
+        self.calibration["ece"].update(table.probs, labels)
+        self.calibration["brier"].update(table.probs, table.labels.float())
         self.decisions.update(decisions, labels)
-        values = {name: float(value) for name, value in {**self.ranking.compute(), **self.decisions.compute()}.items()}
+        computed = {**self.ranking.compute(), **self.calibration.compute(), **self.decisions.compute()}
+        values = {name: float(value) for name, value in computed.items()}
         if labels.unique().numel() < 2:
             values["auroc"] = float("nan")
         values["average_precision"] += 0.0  # torchmetrics gives -0.0 when there is no positive
@@ -191,33 +216,49 @@ class BinaryScores(nn.Module):
 
 class StageMetrics(nn.Module):
     """The predictions and scores of one stage (val or test), at image and study level, overall and per body
-    part."""
+    part. It collects per-image logits; `tables` turns them into (temperature-scaled) probabilities."""
 
     def __init__(self) -> None:
         super().__init__()
         self.predictions = ImagePredictions()
         self.scores = BinaryScores()
 
-    def update(self, probs, labels, studies, body_parts, image_ids) -> None:
-        """Add a batch of per-image predictions."""
-        self.predictions.update(probs, labels, studies, body_parts, image_ids)
+    def update(self, logits, labels, studies, body_parts, image_ids) -> None:
+        """Add a batch of per-image logits."""
+        self.predictions.update(logits, labels, studies, body_parts, image_ids)
 
-    def tables(self, aggregation: str) -> dict[str, PredictionTable]:
-        """The gathered image table and its study table."""
-        images = self.predictions.compute()
+    def logits(self) -> PredictionTable:
+        """The gathered per-image table, holding logits where it would hold probabilities."""
+        return self.predictions.compute()
+
+    def tables(self, aggregation: str, temperature: float = 1.0) -> dict[str, PredictionTable]:
+        """The gathered image table, probabilities sigmoid(logit / temperature), and its study table."""
+        logits = self.logits()
+        images = replace(logits, probs=calibrated_probabilities(logits.probs, temperature))
         return {"image": images, "study": images.by_study(aggregation)}
 
-    def score(self, stage: str, tables: dict[str, PredictionTable], threshold: float) -> dict[str, float]:
+    def score(
+        self, stage: str, tables: dict[str, PredictionTable], threshold: float | torch.Tensor
+    ) -> dict[str, float]:
         """Metric values named `{stage}/{level}/{metric}` (all body parts together) and
-        `{stage}/{level}/{metric}/{body_part}` (each body part present)."""
+        `{stage}/{level}/{metric}/{body_part}` (each body part present), decided at `threshold`: one number, or
+        a tensor with one threshold per BODY_PARTS entry. `{stage}/{level}/threshold/{body_part}` says which
+        threshold each part used (and `{stage}/{level}/threshold` the overall one, when there is one)."""
         values = {}
         for level, table in tables.items():
-            for name, value in self.scores.score(table, threshold).items():
+            thresholds = row_thresholds(threshold, table.body_parts)
+            for name, value in self.scores.score(table, thresholds).items():
                 values[f"{stage}/{level}/{name}"] = value
+            if not isinstance(thresholds, torch.Tensor):
+                values[f"{stage}/{level}/{THRESHOLD_COLUMN}"] = thresholds
             for part in table.body_parts.unique().tolist():
-                subset = table.select(table.body_parts == part)
-                for name, value in self.scores.score(subset, threshold).items():
+                mask = table.body_parts == part
+                part_threshold = thresholds[mask] if isinstance(thresholds, torch.Tensor) else thresholds
+                for name, value in self.scores.score(table.select(mask), part_threshold).items():
                     values[f"{stage}/{level}/{name}/{BODY_PARTS[part]}"] = value
+                values[f"{stage}/{level}/{THRESHOLD_COLUMN}/{BODY_PARTS[part]}"] = float(
+                    row_thresholds(threshold, torch.tensor([part]))
+                )
         return values
 
     def reset(self) -> None:
@@ -226,7 +267,8 @@ class StageMetrics(nn.Module):
 
 
 def metrics_by_body_part(values: dict[str, float], stage: str, level: str) -> pd.DataFrame:
-    """Rows: each body part with metrics, then `overall`; columns: the metrics of `{stage}/{level}/...`."""
+    """Rows: each body part with metrics, then `overall`; columns: the metrics of `{stage}/{level}/...`, then the
+    threshold each row was decided at (empty for `overall` when each part had its own)."""
     prefix = f"{stage}/{level}/"
     rows: dict[str, dict[str, float]] = {}
     for key, value in values.items():
@@ -235,5 +277,5 @@ def metrics_by_body_part(values: dict[str, float], stage: str, level: str) -> pd
         name, _, part = key[len(prefix) :].partition("/")
         rows.setdefault(part or "overall", {})[name] = value
     order = [part for part in BODY_PARTS if part in rows] + ["overall"]
-    table = pd.DataFrame.from_dict(rows, orient="index").reindex(index=order, columns=list(METRIC_NAMES))
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(index=order, columns=[*METRIC_NAMES, THRESHOLD_COLUMN])
     return table.rename_axis("body_part")

@@ -5,6 +5,7 @@ each file by its path (and a DICOM by its SOP Instance UID); nothing else is tak
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     result = predict_files(
         model, [r.file for r in radiographs], batch_size=cfg.batch_size, num_workers=cfg.num_workers, on_batch=cams
     )
-    table = prediction_table(radiographs, result.probs, result.errors, model.threshold, model.study_aggregation)
+    table = prediction_table(radiographs, result.probs, result.errors, model.threshold_of, model.study_aggregation)
     write_atomically(out / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
     if from_csv:
         studies = table[(table["level"] == "study") & (table["error"] == "")]
@@ -107,12 +108,16 @@ def dicom_uid(file: Path) -> str:
         return ""
 
 
-def _decisions(probs: np.ndarray, threshold: float) -> pd.arrays.IntegerArray:
-    return pd.array([None if np.isnan(p) else int(p > threshold) for p in probs], dtype="Int64")
+def _decisions(probs: np.ndarray, parts, threshold_of: Callable[[str], float]) -> pd.arrays.IntegerArray:
+    return pd.array(
+        [None if np.isnan(p) else int(p > threshold_of(part)) for p, part in zip(probs, parts, strict=True)],
+        dtype="Int64",
+    )
 
 
-def prediction_table(radiographs, probs, errors, threshold: float, aggregation: str) -> pd.DataFrame:
-    """Image rows, then one row per study (see `aggregate_studies`); labels where paths carry them."""
+def prediction_table(radiographs, probs, errors, threshold_of: Callable[[str], float], aggregation: str):
+    """Image rows, then one row per study (see `aggregate_studies`); labels where paths carry them. `pred` of a
+    row is decided at `threshold_of(body_part)` ("" for radiographs whose path names no body part)."""
     images = pd.DataFrame(
         {
             "level": "image",
@@ -122,7 +127,7 @@ def prediction_table(radiographs, probs, errors, threshold: float, aggregation: 
             "body_part": [r.body_part for r in radiographs],
             "label": pd.array([r.label for r in radiographs], dtype="Int64"),
             "prob": probs,
-            "pred": _decisions(probs, threshold),
+            "pred": _decisions(probs, [r.body_part for r in radiographs], threshold_of),
             "error": errors,
         }
     )
@@ -133,7 +138,7 @@ def prediction_table(radiographs, probs, errors, threshold: float, aggregation: 
     studies = images.drop_duplicates("study").set_index("study").loc[names[ids.numpy()]].reset_index()
     studies["level"], studies["path"], studies["prob"] = "study", studies["study"], study_probs.numpy()
     studies["sop_instance_uid"] = ""
-    studies["pred"] = _decisions(studies["prob"].to_numpy(), threshold)
+    studies["pred"] = _decisions(studies["prob"].to_numpy(), studies["body_part"], threshold_of)
     studies["error"] = ["" if not np.isnan(p) else "no image of the study could be read" for p in studies["prob"]]
     return pd.concat([images, studies[COLUMNS]], ignore_index=True)[COLUMNS]
 

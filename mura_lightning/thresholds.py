@@ -3,6 +3,7 @@ force for a model or an ensemble."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,21 +11,28 @@ from typing import Any
 import torch
 from torchmetrics.classification import BinaryPrecisionRecallCurve, BinaryROC
 
+from mura_lightning.calibration import check_calibration
+from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.metrics import LEVELS, PredictionTable
+
+log = logging.getLogger(__name__)
 
 THRESHOLD_METHODS = ("youden", "f1")
 
 
 @dataclass(frozen=True)
 class MetricSettings:
-    """How predictions become decisions: the threshold, and whether to tune it on val (see conf/metrics)."""
+    """How predictions become decisions: the threshold, whether to tune it on val (one for all, or one per body
+    part), and whether to calibrate the probabilities first (see conf/metrics)."""
 
     threshold: float = 0.5
     tune_threshold: bool = False
     threshold_method: str = "youden"
     threshold_level: str = "study"
+    threshold_per_body_part: bool = False
+    calibration: str = "none"
     bootstrap: Mapping[str, Any] | None = None  # metrics.bootstrap: checked here, used by evaluation.bootstrap
 
     def __post_init__(self) -> None:
@@ -36,6 +44,12 @@ class MetricSettings:
             )
         if self.threshold_level not in LEVELS:
             raise MuraError(f"metrics.threshold_level={self.threshold_level!r} is not one of {', '.join(LEVELS)}")
+        if self.threshold_per_body_part and not self.tune_threshold:
+            raise MuraError(
+                "metrics.threshold_per_body_part=true tunes one threshold per body part on val, so it needs "
+                "metrics.tune_threshold=true as well (or set threshold_per_body_part=false)"
+            )
+        check_calibration(self.calibration)
 
 
 def check_threshold(value: float, name: str) -> float:
@@ -70,6 +84,23 @@ def tune_threshold(table: PredictionTable, method: str) -> float:
         f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1]).clamp(min=1e-12)
         best = thresholds[torch.argmax(f1)]
     return _strictly_below(table.probs, float(best))
+
+
+def tune_thresholds_per_part(table: PredictionTable, method: str, fallback: float) -> torch.Tensor:
+    """One tuned threshold per BODY_PARTS entry (see `tune_threshold`), each on the rows of its body part; a
+    part whose rows hold one class, or none, gets `fallback`, with a warning naming the parts that have rows."""
+    thresholds = torch.full((len(BODY_PARTS),), float(fallback))
+    for index, part in enumerate(BODY_PARTS):
+        rows = table.select(table.body_parts == index)
+        if rows.labels.unique().numel() == 2:
+            thresholds[index] = tune_threshold(rows, method)
+        elif len(rows):
+            log.warning(
+                "%s: its validation predictions hold one class only, so it keeps the global tuned threshold %.4f",
+                part,
+                fallback,
+            )
+    return thresholds
 
 
 def _strictly_below(probs: torch.Tensor, at_least: float) -> float:

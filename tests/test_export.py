@@ -108,6 +108,7 @@ def test_sidecar_says_how_to_feed_the_model(exported, checkpoints, models, backb
     assert in_chans == (1 if backbone == "resnet50" else 3)
     assert sidecar["input_shape"] == ["batch", in_chans, size, size] and sidecar["output_shape"] == ["batch"]
     assert sidecar["threshold"] == pytest.approx(classifier.decision_threshold("test"))
+    assert sidecar["temperature"] == 1.0 and sidecar["thresholds"] is None  # trained uncalibrated, one threshold
     assert sidecar["tta"] == "none"
     assert sidecar["study_aggregation"] == classifier.hparams["study_aggregation"]
     assert f"the {sidecar['study_aggregation']} of its images' probabilities" in sidecar["study"]

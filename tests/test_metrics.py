@@ -1,5 +1,6 @@
 """Metrics against scikit-learn at both levels and per body part, study aggregation against pandas, threshold
-tuning, and what a run writes: TensorBoard scalars and figures, metrics_by_bodypart.csv, DDP equality."""
+tuning (global and per body part), calibration (ECE, Brier, temperature scaling), and what a run writes:
+TensorBoard scalars and figures, metrics_by_bodypart.csv, DDP equality."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch
 from conftest import compose_run, run_module, tiny_run_overrides
 from sklearn import metrics as sk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
+from mura_lightning.calibration import CALIBRATION_BINS, fit_temperature, reliability_bins, reliability_figure
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
 from mura_lightning.metrics import (
@@ -23,7 +26,7 @@ from mura_lightning.metrics import (
     StageMetrics,
     metrics_by_body_part,
 )
-from mura_lightning.thresholds import tune_threshold
+from mura_lightning.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
 from mura_lightning.train import train
 
 TOLERANCE = 1e-6
@@ -49,7 +52,20 @@ def sklearn_scores(probs: np.ndarray, labels: np.ndarray, threshold: float) -> d
         values[f"recall_{name}"] = sk.recall_score(labels, decisions, pos_label=cls, zero_division=0)
         values[f"f1_{name}"] = sk.f1_score(labels, decisions, pos_label=cls, zero_division=0)
     values["sensitivity"], values["specificity"] = values["recall_abnormal"], values["recall_normal"]
+    values["brier"] = sk.brier_score_loss(labels, probs, pos_label=1) if len(labels) else math.nan
+    values["ece"] = expected_calibration_error(probs, labels)
     return values
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE by hand: bins [k/n, (k+1)/n) (a probability of exactly 1 in a bin of its own, as torchmetrics does),
+    the mean |observed frequency - mean probability| weighted by each bin's share of the predictions."""
+    bins = np.floor(probs.astype(np.float64) * n_bins).astype(int)
+    error = 0.0
+    for b in np.unique(bins):
+        inside = bins == b
+        error += abs(labels[inside].mean() - probs[inside].mean()) * inside.mean()
+    return error
 
 
 def make_table(probs, labels, studies=None, parts=None) -> PredictionTable:
@@ -197,19 +213,23 @@ def test_table_by_body_part_has_parts_then_overall():
     values = StageMetrics().score("test", {"study": table_of(images).by_study("mean")}, 0.5)
     frame = metrics_by_body_part(values, "test", "study")
     assert list(frame.index) == ["finger", "shoulder", "wrist", "overall"]
-    assert list(frame.columns) == list(METRIC_NAMES)
+    assert list(frame.columns) == [*METRIC_NAMES, "threshold"]
     assert frame.loc["wrist", "kappa"] == values["test/study/kappa/wrist"]
     assert frame.loc["overall", "kappa"] == values["test/study/kappa"]
 
 
+CALIBRATED = ("metrics.tune_threshold=true", "metrics.threshold_per_body_part=true", "metrics.calibration=temperature")
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A tiny two-epoch run over shoulder and wrist, with threshold tuning; its results and run folder."""
+    """A tiny two-epoch run over shoulder and wrist, with per-body-part threshold tuning and temperature scaling;
+    its results and run folder."""
     from mura_trees import standard_studies, write_tree
 
     tmp = tmp_path_factory.mktemp("metrics_run")
     root = write_tree(tmp, standard_studies())
-    results = train(compose_run(root, tmp, "trainer.max_epochs=2", "metrics.tune_threshold=true"))
+    results = train(compose_run(root, tmp, "trainer.max_epochs=2", *CALIBRATED))
     return root, tmp / "run", results
 
 
@@ -228,12 +248,16 @@ def test_tensorboard_holds_the_scalars_figures_and_hparams(finished_run):
         "test/image/f1_normal/wrist",
         "test/study/specificity",
         "val/tuned_threshold",
+        "val/tuned_threshold/wrist",
+        "val/temperature",
         "test/threshold",
+        "test/study/ece",
+        "test/image/brier/shoulder",
     ):
         assert tag in scalars, tag
     for stage in ("val", "test"):
         for level in ("image", "study"):
-            for figure in ("confusion_matrix", "roc", "pr"):
+            for figure in ("confusion_matrix", "roc", "pr", "reliability"):
                 assert f"{stage}/{level}/{figure}" in images
     plugins = events.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins
@@ -251,6 +275,9 @@ def test_metrics_csv_matches_the_results_and_the_tuned_threshold_is_applied(fini
     assert (run_dir / "metrics_by_bodypart_image.csv").is_file()
     assert results["test/threshold"] == results["val/tuned_threshold"]
     assert results["val/threshold"] == 0.5
+    for part in ("shoulder", "wrist"):
+        assert table.loc[part, "threshold"] == pytest.approx(results[f"val/tuned_threshold/{part}"])
+    assert results["test/temperature"] == results["val/temperature"] != 1.0
 
 
 def test_ddp_metrics_equal_a_single_process_run(finished_run, tmp_path):
@@ -262,7 +289,7 @@ def test_ddp_metrics_equal_a_single_process_run(finished_run, tmp_path):
         "train=false",
         f"ckpt_path={results['ckpt_path']}",
         "trainer=ddp_cpu",
-        "metrics.tune_threshold=true",
+        *CALIBRATED,
         f"paths.output_dir={tmp_path}/ddp",
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -271,3 +298,113 @@ def test_ddp_metrics_equal_a_single_process_run(finished_run, tmp_path):
     assert len(compared) > 100
     for key in compared:
         assert ddp[key] == pytest.approx(results[key], abs=1e-5, nan_ok=True), key
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ece_equals_torchmetrics_and_a_by_hand_binning(seed):
+    rng = np.random.default_rng(seed)
+    probs = rng.uniform(0, 1, 500).astype(np.float32)
+    labels = (rng.uniform(0, 1, 500) < probs**2).astype(int)
+    values = StageMetrics().score("test", {"image": make_table(probs, labels)}, 0.5)
+    reference = binary_calibration_error(torch.tensor(probs), torch.tensor(labels), n_bins=15, norm="l1")
+    assert values["test/image/ece"] == pytest.approx(float(reference), abs=TOLERANCE)
+    assert values["test/image/ece"] == pytest.approx(expected_calibration_error(probs, labels), abs=TOLERANCE)
+    assert values["test/image/brier"] == pytest.approx(sk.brier_score_loss(labels, probs), abs=TOLERANCE)
+    assert values["test/image/ece"] > 0.05  # the labels follow p^2, not p: visibly miscalibrated
+
+
+def over_confident(seed: int, n: int = 4000, scale: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels drawn with probability sigmoid(z), and logits `scale` times z: over-confident by `scale`."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator=generator) * 1.5
+    labels = (torch.rand(n, generator=generator) < torch.sigmoid(z)).float()
+    return z * scale, labels
+
+
+def test_temperature_scaling_lowers_ece_and_keeps_auroc():
+    logits, labels = over_confident(0)
+    temperature = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(4.0, rel=0.15)
+    raw, scaled = torch.sigmoid(logits), torch.sigmoid(logits / temperature)
+    ece_raw = binary_calibration_error(raw, labels.long(), n_bins=15)
+    ece_scaled = binary_calibration_error(scaled, labels.long(), n_bins=15)
+    assert ece_scaled < ece_raw / 3
+    assert float(binary_auroc(scaled, labels.long())) == pytest.approx(float(binary_auroc(raw, labels.long())))
+
+
+def test_temperature_of_one_class_is_one_with_a_warning(caplog):
+    assert fit_temperature(torch.tensor([1.0, 2.0, -3.0]), torch.ones(3)) == 1.0
+    assert "both classes" in caplog.text
+
+
+def test_uninformative_logits_send_the_temperature_to_its_bound_with_a_warning(caplog):
+    logits, labels = over_confident(2, n=500)
+    assert fit_temperature(-logits, labels) == pytest.approx(math.exp(5.0))
+    assert "ran off" in caplog.text
+
+
+def test_temperature_is_fitted_under_inference_mode():
+    logits, labels = over_confident(1, n=500)
+    with torch.inference_mode():
+        inside = fit_temperature(logits * 1, labels * 1)
+    assert inside == pytest.approx(fit_temperature(logits, labels))
+
+
+def test_reliability_bins_count_every_prediction_and_the_figure_has_the_diagonal():
+    probs = torch.tensor([0.0, 0.1, 0.5, 0.51, 0.99, 1.0])
+    labels = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    counts, confidence, frequency = reliability_bins(probs, labels)
+    assert counts.sum() == len(probs) and counts[-1] == 2 and counts[0] == 1
+    assert frequency[7] == pytest.approx(0.5) and confidence[7] == pytest.approx(0.505)
+    assert torch.isnan(frequency[3])
+    figure = reliability_figure(probs, labels, "test study")
+    lines = figure.axes[0].get_lines()
+    assert list(lines[0].get_xdata()) == [0, 1] and list(lines[0].get_ydata()) == [0, 1]
+    assert len(lines[1].get_xdata()) == int((counts > 0).sum())
+
+
+def test_per_part_thresholds_decide_each_part_at_its_own_and_fill_the_threshold_column():
+    images = random_images(3)
+    table = table_of(images)
+    per_part = torch.full((len(BODY_PARTS),), 0.5)
+    per_part[BODY_PARTS.index("finger")], per_part[BODY_PARTS.index("wrist")] = 0.3, 0.7
+    values = StageMetrics().score("test", {"image": table}, per_part)
+    rows = per_part[torch.tensor(images["part"].to_numpy())].numpy()
+    decisions = (images["prob"].to_numpy() > rows).astype(int)
+    assert values["test/image/kappa"] == pytest.approx(sk.cohen_kappa_score(images["label"], decisions))
+    for part, subset in images.groupby("part"):
+        name = BODY_PARTS[part]
+        reference = sklearn_scores(subset["prob"].to_numpy(), subset["label"].to_numpy(), float(per_part[part]))
+        assert_matches(values, reference, prefix="test/image/", suffix=f"/{name}")
+    frame = metrics_by_body_part(values, "test", "image")
+    assert frame.loc["wrist", "threshold"] == pytest.approx(0.7)
+    assert frame.loc["finger", "threshold"] == pytest.approx(0.3)
+    assert math.isnan(frame.loc["overall", "threshold"])
+    scalar = metrics_by_body_part(StageMetrics().score("test", {"image": table}, 0.4), "test", "image")
+    assert (scalar["threshold"] == 0.4).all()
+
+
+def test_per_part_tuning_falls_back_to_the_global_threshold_naming_the_part(caplog):
+    images = random_images(4)
+    images.loc[images["part"] == 6, "label"] = 1  # wrist: abnormal studies only
+    table = table_of(images)
+    thresholds = tune_thresholds_per_part(table, "youden", fallback=0.42)
+    assert float(thresholds[BODY_PARTS.index("wrist")]) == pytest.approx(0.42)
+    assert "wrist" in caplog.text and "one class" in caplog.text
+    assert "finger" not in caplog.text and "elbow" not in caplog.text
+    for index in (1, 5):  # finger and shoulder: tuned on their own rows
+        own = tune_threshold(table.select(table.body_parts == index), "youden")
+        assert float(thresholds[index]) == pytest.approx(own)
+    assert float(thresholds[BODY_PARTS.index("elbow")]) == pytest.approx(0.42)  # no rows at all
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"threshold_per_body_part": True}, "needs metrics.tune_threshold=true"),
+        ({"calibration": "platt"}, "metrics.calibration='platt' is not one of none, temperature"),
+    ],
+)
+def test_bad_calibration_and_threshold_settings_are_refused(settings, message):
+    with pytest.raises(MuraError, match=message):
+        MetricSettings(**settings)

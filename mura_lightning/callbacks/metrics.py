@@ -1,4 +1,5 @@
-"""MetricsReport: confusion-matrix, ROC and precision-recall figures in TensorBoard, and the per-body-part table."""
+"""MetricsReport: confusion-matrix, ROC, precision-recall and reliability figures in TensorBoard, and the
+per-body-part table."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryPrecisionRecallCurve, BinaryROC
 
+from mura_lightning.calibration import reliability_figure
 from mura_lightning.io import write_atomically
-from mura_lightning.metrics import CLASS_NAMES, LEVELS, PredictionTable, metrics_by_body_part
+from mura_lightning.metrics import CLASS_NAMES, LEVELS, PredictionTable, metrics_by_body_part, row_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +27,10 @@ TABLE_FILES = {"study": "metrics_by_bodypart.csv", "image": "metrics_by_bodypart
 
 class MetricsReport(Callback):
     """At the end of validation (every `every_n_epochs` epochs) and of testing, logs for each level a confusion
-    matrix, a ROC curve and a precision-recall curve as TensorBoard figures (`{stage}/{level}/confusion_matrix`,
-    `.../roc`, `.../pr`); at the end of testing writes `metrics_by_bodypart.csv` (study level) and
-    `metrics_by_bodypart_image.csv` into `output_dir`: one row per body part and one `overall`.
+    matrix, a ROC curve, a precision-recall curve and a reliability diagram as TensorBoard figures
+    (`{stage}/{level}/confusion_matrix`, `.../roc`, `.../pr`, `.../reliability`); at the end of testing writes
+    `metrics_by_bodypart.csv` (study level) and `metrics_by_bodypart_image.csv` into `output_dir`: one row per body
+    part and one `overall`, with the threshold each row was decided at.
 
     It reads what the MURAClassifier computed for the stage: `last_predictions` and `last_metrics`.
     """
@@ -55,7 +59,7 @@ class MetricsReport(Callback):
         writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
         if not writers or not trainer.is_global_zero:
             return
-        threshold = pl_module.decision_threshold(stage)
+        threshold = pl_module.decision_thresholds(stage)
         for level, table in pl_module.last_predictions[stage].items():
             for name, figure in figures(table, threshold, f"{stage} {level}").items():
                 for writer in writers:
@@ -63,17 +67,19 @@ class MetricsReport(Callback):
                 plt.close(figure)
 
 
-def figures(table: PredictionTable, threshold: float, title: str) -> dict[str, plt.Figure]:
-    """Confusion matrix (at `threshold`), ROC and precision-recall figures of a prediction table, drawn by
-    torchmetrics. Runs on one process, so the metrics must not sync across processes."""
+def figures(table: PredictionTable, threshold: float | torch.Tensor, title: str) -> dict[str, plt.Figure]:
+    """Confusion matrix (at `threshold`: one number, or one per BODY_PARTS entry), ROC and precision-recall
+    figures of a prediction table, drawn by torchmetrics, and its reliability diagram. Runs on one process, so
+    the metrics must not sync across processes."""
     labels = table.labels.long()
     local = {"sync_on_compute": False}
     confusion = BinaryConfusionMatrix(**local)
-    confusion.update((table.probs > threshold).long(), labels)
+    confusion.update((table.probs > row_thresholds(threshold, table.body_parts)).long(), labels)
     plots = {"confusion_matrix": confusion.plot(labels=list(CLASS_NAMES))[0]}
     for name, curve in (("roc", BinaryROC(**local)), ("pr", BinaryPrecisionRecallCurve(**local))):
         curve.update(table.probs, labels)
         plots[name] = curve.plot(score=True)[0]
     for name, figure in plots.items():
         figure.axes[0].set_title(f"{title}: {name.replace('_', ' ')}")
+    plots["reliability"] = reliability_figure(table.probs, table.labels, title)
     return plots

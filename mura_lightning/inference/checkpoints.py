@@ -9,7 +9,7 @@ import torch
 
 from mura_lightning.errors import MuraError
 from mura_lightning.models.backbones import state_dict_mismatch
-from mura_lightning.models.module import MURAClassifier
+from mura_lightning.models.module import MURAClassifier, fill_missing_buffers
 
 
 class CheckpointError(MuraError):
@@ -39,7 +39,8 @@ def load_classifier(path: str | Path, expected_backbone: str | None = None) -> M
     ImageNet weights or compiling) and its weights, in eval mode on the CPU.
 
     `expected_backbone`, when given, must be the checkpoint's backbone. Weights that do not fit the saved
-    backbone are a CheckpointError naming the keys, not a torch traceback.
+    backbone are a CheckpointError naming the keys, not a torch traceback. Checkpoints from before calibration and
+    per-body-part thresholds load with a temperature of 1 and their global threshold for every part.
     """
     checkpoint = read_checkpoint(path)
     hparams = upgrade_hyperparameters(checkpoint["hyper_parameters"])
@@ -49,7 +50,7 @@ def load_classifier(path: str | Path, expected_backbone: str | None = None) -> M
     hparams["backbone"] = {**hparams["backbone"], "pretrained": False}
     hparams["compile"] = False
     model = MURAClassifier(**hparams)
-    state = checkpoint["state_dict"]
+    state = fill_missing_buffers(checkpoint["state_dict"])
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise CheckpointError(f"the weights in {path} do not fit its {name} model: {mismatch}")

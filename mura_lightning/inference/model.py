@@ -3,7 +3,7 @@ and study aggregation, as one torch module."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from mura_lightning.data.images import read_grayscale, to_grayscale
+from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.data.presets import EvalPreset, Preprocessing
 from mura_lightning.errors import MuraError
 from mura_lightning.inference.checkpoints import checkpoint_paths, load_classifier
@@ -28,12 +29,15 @@ Radiograph = str | Path | Image.Image | np.ndarray
 
 class InferenceModel(nn.Module):
     """`forward` maps a normalised batch (N, C, S, S) to abnormality probabilities (N,): the mean, over the
-    networks of an ensemble and the test-time-augmentation views, of sigmoid(logit) in float32. `preprocess`
+    networks of an ensemble and the test-time-augmentation views, of sigmoid(logit / T) in float32, with T each
+    network's calibration temperature (`temperatures`, 1 for uncalibrated models). `preprocess`
     turns a radiograph (file path, PIL image, (H, W) or (H, W, 3|4) uint8 array) into that normalised (C, S, S)
     tensor exactly as in evaluation; `predict` does both for a list of radiographs.
 
     `threshold` (abnormal iff probability > threshold) and `study_aggregation` (a study's probability is the mean
-    or max of its images') say how to turn the probabilities into decisions; `describe()` says what it is made of.
+    or max of its images') say how to turn the probabilities into decisions; `thresholds`, when not None, maps
+    body parts to their own thresholds (`threshold_of`; parts it lacks use `threshold`). `describe()` says what
+    it is made of.
     """
 
     def __init__(
@@ -47,6 +51,8 @@ class InferenceModel(nn.Module):
         tta_degrees: float = DEFAULT_TTA_DEGREES,
         names: Sequence[str] = (),
         sources: Sequence[str] = (),
+        temperatures: Sequence[float] | None = None,
+        thresholds: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.nets = nn.ModuleList(nets)
@@ -54,6 +60,10 @@ class InferenceModel(nn.Module):
         self.preset = EvalPreset(preprocessing=preprocessing)
         self.tta = TestTimeAugmentation(tta, tta_degrees, preprocessing)
         self.threshold = threshold
+        self.thresholds = dict(thresholds) if thresholds is not None else None
+        self.temperatures = [float(t) for t in temperatures] if temperatures is not None else [1.0] * len(nets)
+        if len(self.temperatures) != len(nets):
+            raise MuraError(f"{len(nets)} networks but {len(self.temperatures)} temperatures: give one per network")
         self.study_aggregation = study_aggregation
         self.names = list(names)
         self.sources = list(sources)
@@ -72,7 +82,8 @@ class InferenceModel(nn.Module):
     ) -> InferenceModel:
         """The trained classifiers as one model (sharing their networks). Members of an ensemble must take the
         same input; the threshold and aggregation are the given ones, else the models' own (see
-        `threshold_in_force`)."""
+        `threshold_in_force`). Each network keeps its own temperature; per-body-part thresholds are used for a
+        single model tuned with them and no `threshold` given."""
         first = classifiers[0]
         for classifier, source in zip(classifiers[1:], sources[1:] or [""] * len(classifiers), strict=False):
             if classifier.preprocessing != first.preprocessing:
@@ -91,6 +102,8 @@ class InferenceModel(nn.Module):
             tta_degrees=tta_degrees,
             names=[classifier.hparams["backbone"]["name"] for classifier in classifiers],
             sources=sources,
+            temperatures=[float(classifier.temperature) for classifier in classifiers],
+            thresholds=per_part_thresholds(classifiers) if threshold is None else None,
         )
 
     @classmethod
@@ -103,8 +116,24 @@ class InferenceModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         views = self.tta(images)
         flat = views.flatten(0, 1)
-        probs = torch.stack([torch.sigmoid(net(flat).float().squeeze(1)) for net in self.nets])
+        probs = torch.stack(
+            [
+                torch.sigmoid(net(flat).float().squeeze(1) / temperature)
+                for net, temperature in zip(self.nets, self.temperatures, strict=True)
+            ]
+        )
         return probs.unflatten(1, (views.shape[0], images.shape[0])).mean(dim=(0, 1))
+
+    def threshold_of(self, body_part: str) -> float:
+        """The threshold of a radiograph of `body_part` (a BODY_PARTS name, or "" when unknown)."""
+        return self.thresholds.get(body_part, self.threshold) if self.thresholds else self.threshold
+
+    def part_thresholds(self) -> float | torch.Tensor:
+        """`threshold`, or with per-body-part thresholds a tensor of one per BODY_PARTS entry (as
+        `StageMetrics.score` takes)."""
+        if not self.thresholds:
+            return self.threshold
+        return torch.tensor([self.threshold_of(part) for part in BODY_PARTS])
 
     def preprocess(self, image: Radiograph) -> torch.Tensor:
         """The normalised (C, S, S) tensor of one radiograph."""
@@ -124,17 +153,28 @@ class InferenceModel(nn.Module):
         ]
 
     def describe(self) -> dict[str, Any]:
-        """What the predictions come from: backbones, checkpoints, preprocessing, decisions and TTA."""
+        """What the predictions come from: backbones, checkpoints, preprocessing, calibration temperatures,
+        decisions (threshold, per-body-part thresholds or None) and TTA."""
         return {
             "model": "+".join(self.names),
             "models": self.names,
             "ckpt_paths": self.sources,
             "preprocessing": self.preprocessing.to_dict(),
             "threshold": self.threshold,
+            "thresholds": self.thresholds,
+            "temperatures": self.temperatures,
             "study_aggregation": self.study_aggregation,
             "tta": self.tta.mode,
             "tta_degrees": self.tta.degrees,
         }
+
+
+def per_part_thresholds(classifiers: Sequence[MURAClassifier]) -> dict[str, float] | None:
+    """A single model's per-body-part thresholds by body-part name, when it was tuned with them; else None
+    (an ensemble's members were tuned on their own predictions, not on the average)."""
+    if len(classifiers) != 1 or not classifiers[0].metric_settings.threshold_per_body_part:
+        return None
+    return {part: float(value) for part, value in zip(BODY_PARTS, classifiers[0].tuned_thresholds, strict=True)}
 
 
 def as_grayscale(image: Radiograph) -> np.ndarray:

@@ -10,12 +10,14 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
+from mura_lightning.calibration import calibrated_probabilities, fit_temperature
+from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.data.presets import EvalPreset, Preprocessing
 from mura_lightning.errors import MuraError
 from mura_lightning.metrics import PredictionTable, StageMetrics
 from mura_lightning.models.backbones import backbone_spec, build_backbone
 from mura_lightning.models.losses import BCELoss, MuraLoss
-from mura_lightning.thresholds import MetricSettings, tune_threshold
+from mura_lightning.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,12 @@ class MURAClassifier(LightningModule):
     checkpoint). `loss`, `optimizer` (a partial taking `params`) and `scheduler` (a partial taking `optimizer`, with
     `scheduler_settings` such as `monitor` and `interval`) are objects built from the config by Hydra. `metrics`
     holds MetricSettings: with `tune_threshold`, each validation picks a threshold on its predictions; it is kept in
-    the `tuned_threshold` buffer (so checkpoints carry the threshold of their epoch) and applied to test.
+    the `tuned_threshold` buffer (so checkpoints carry the threshold of their epoch) and applied to test. With
+    `threshold_per_body_part`, it also picks one per body part (the `tuned_thresholds` buffer, one per BODY_PARTS
+    entry; parts without both classes in val keep the global one). With `calibration=temperature`, each validation
+    first fits a temperature on its image logits (the `temperature` buffer, 1 otherwise); test probabilities and
+    the tuned thresholds use sigmoid(logit / temperature). Val metrics themselves stay uncalibrated: the
+    temperature is fitted on those very predictions, so their calibrated scores would flatter the model.
 
     After each validation and test epoch, `last_metrics[stage]` holds the logged values and
     `last_predictions[stage]` the image and study prediction tables.
@@ -71,6 +78,8 @@ class MURAClassifier(LightningModule):
         self.study_aggregation = study_aggregation
         self.metric_settings = MetricSettings(**(metrics or {}))
         self.register_buffer("tuned_threshold", torch.tensor(self.metric_settings.threshold))
+        self.register_buffer("tuned_thresholds", torch.full((len(BODY_PARTS),), self.metric_settings.threshold))
+        self.register_buffer("temperature", torch.tensor(1.0))
         self.stage_metrics = nn.ModuleDict({stage: StageMetrics() for stage in EVAL_STAGES})
         self.last_predictions: dict[str, dict[str, PredictionTable]] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
@@ -89,10 +98,14 @@ class MURAClassifier(LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self._net_forward(images).squeeze(1)
 
-    @staticmethod
-    def probabilities(logits: torch.Tensor) -> torch.Tensor:
-        """Abnormality probabilities of logits, in float32 whatever the precision the logits came in."""
-        return torch.sigmoid(logits.float())
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Abnormality probabilities of logits, sigmoid(logit / temperature), in float32 whatever the precision
+        the logits came in."""
+        return calibrated_probabilities(logits, self.temperature)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints from before calibration and per-part thresholds get their neutral values."""
+        fill_missing_buffers(checkpoint["state_dict"])
 
     def setup(self, stage: str) -> None:
         """Give the loss the training class counts of the datamodule (weighted BCE needs them, val loss too)."""
@@ -119,8 +132,7 @@ class MURAClassifier(LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["label"], batch["body_part"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
-        probs = self.probabilities(logits)
-        self.stage_metrics[stage].update(probs, batch["label"], batch["study"], batch["body_part"], batch["image_id"])
+        self.stage_metrics[stage].update(logits, batch["label"], batch["study"], batch["body_part"], batch["image_id"])
 
     def validation_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -140,20 +152,43 @@ class MURAClassifier(LightningModule):
         """The threshold of a stage's decisions: the configured one for val, the tuned one (when tuning) for test."""
         return float(self.tuned_threshold) if stage == "test" else self.metric_settings.threshold
 
+    def decision_thresholds(self, stage: str) -> float | torch.Tensor:
+        """`decision_threshold`, or for test with per-body-part thresholds a CPU tensor of one per BODY_PARTS
+        entry."""
+        if stage == "test" and self.metric_settings.threshold_per_body_part:
+            return self.tuned_thresholds.detach().cpu().clone()
+        return self.decision_threshold(stage)
+
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.stage_metrics[stage]
-        tables = metrics.tables(self.study_aggregation)
+        settings = self.metric_settings
+        if stage == "val" and settings.calibration == "temperature":
+            logits = metrics.logits()
+            self.temperature.fill_(fit_temperature(logits.probs, logits.labels))
+        tables = metrics.tables(self.study_aggregation, 1.0 if stage == "val" else float(self.temperature))
+        values = metrics.score(stage, tables, self.decision_thresholds(stage))
+        values[f"{stage}/threshold"] = self.decision_threshold(stage)
+        if stage == "val" and settings.tune_threshold:
+            self._tune_thresholds(metrics.tables(self.study_aggregation, float(self.temperature)), values)
+        if settings.calibration == "temperature":
+            values[f"{stage}/temperature"] = float(self.temperature)
         metrics.reset()
-        threshold = self.decision_threshold(stage)
-        values = metrics.score(stage, tables, threshold)
-        values[f"{stage}/threshold"] = threshold
-        if stage == "val" and self.metric_settings.tune_threshold:
-            tuned = tune_threshold(tables[self.metric_settings.threshold_level], self.metric_settings.threshold_method)
-            self.tuned_threshold.fill_(tuned)
-            values["val/tuned_threshold"] = tuned
         self.last_metrics[stage] = values
         self.last_predictions[stage] = tables
         self.log_dict(values, sync_dist=True)
+
+    def _tune_thresholds(self, tables: dict[str, PredictionTable], values: dict[str, float]) -> None:
+        """Tune the threshold(s) on val's (calibrated) predictions, keep them in the buffers and in `values`."""
+        settings = self.metric_settings
+        table = tables[settings.threshold_level]
+        tuned = tune_threshold(table, settings.threshold_method)
+        self.tuned_threshold.fill_(tuned)
+        values["val/tuned_threshold"] = tuned
+        if settings.threshold_per_body_part:
+            per_part = tune_thresholds_per_part(table, settings.threshold_method, tuned)
+            self.tuned_thresholds.copy_(per_part)
+            for part in table.body_parts.unique().tolist():
+                values[f"val/tuned_threshold/{BODY_PARTS[part]}"] = float(per_part[part])
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
@@ -172,3 +207,12 @@ class MURAClassifier(LightningModule):
             return optimizer
         scheduler = {"scheduler": self.scheduler_factory(optimizer=optimizer), **self.scheduler_settings}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def fill_missing_buffers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict with the buffers older versions lacked, at values that change nothing: a
+    temperature of 1, and the global tuned threshold for every body part. Changed in place and returned."""
+    if "tuned_threshold" in state_dict:
+        state_dict.setdefault("tuned_thresholds", state_dict["tuned_threshold"].repeat(len(BODY_PARTS)))
+    state_dict.setdefault("temperature", torch.tensor(1.0))
+    return state_dict
