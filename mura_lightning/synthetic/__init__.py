@@ -12,7 +12,9 @@ soft-tissue haze) seen from a random view, exposed with random gain/gamma, blurr
 with a bright L/R marker. An abnormal study has one lesion kind - fracture (dark jagged gap, displaced and
 angulated fragment, at times a callus), hardware (metal plate with screws) or lytic spot (dark oval with a
 sclerotic rim) - on one or more bones of most of its images; normal studies have none. Lesion sizes are
-fractions of the image's long side, so they stay visible after resizing to 128 px. The same seed gives
+fractions of the image's long side, so they stay visible after resizing to 128 px; each body part's
+`subtlety`, raised to the global `difficulty`, shrinks and fades its lesions (finger hardest, wrist and hand
+plainest, as in the real MURA). The same seed gives
 the same bytes in every file, however many workers render.
 
 The stages, one module each: spec (settings and their defaults), plan (patients, studies, splits, labels),

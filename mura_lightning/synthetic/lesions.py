@@ -123,7 +123,9 @@ def _fragments(xs, ys, site: Site, extent: float, rng, spec) -> np.ndarray:
         offset = rng.uniform(-1.2, 1.2) * site.axis + rng.uniform(-1.6, 1.6) * site.normal
         cx, cy = site.point + offset * extent
         distance = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
-        chips += rng.uniform(1.0, 1.5) * np.sqrt(np.clip(1.0 - (distance / radius) ** 2, 0.0, None))
+        chips += rng.uniform(*spec.fracture_fragment_density) * np.sqrt(
+            np.clip(1.0 - (distance / radius) ** 2, 0.0, None)
+        )
     return chips
 
 

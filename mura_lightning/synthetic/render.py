@@ -12,7 +12,7 @@ from mura_lightning.synthetic.anatomy import ANATOMY_BUILDERS
 from mura_lightning.synthetic.draw import add_bones, tissue_layer
 from mura_lightning.synthetic.lesions import SWELLING_KINDS, Lesion, add_swelling, paint_lesion, pick_sites
 from mura_lightning.synthetic.plan import StudyPlan
-from mura_lightning.synthetic.spec import LESION_KINDS, SyntheticSpec
+from mura_lightning.synthetic.spec import LESION_KINDS, SyntheticSpec, lesion_spec
 from mura_lightning.synthetic.view import View, place, random_view
 
 STUDY_STREAM = 0  # SeedSequence spawn key of the studies' RNGs: (STUDY_STREAM, part, study)
@@ -82,7 +82,8 @@ def _add_marker(image: np.ndarray, rng: np.random.Generator, spec: SyntheticSpec
 def render_image(
     part: str, rng: np.random.Generator, spec: SyntheticSpec, lesion_kind: str | None = None
 ) -> tuple[np.ndarray, list[Lesion]]:
-    """One radiograph of `part` (uint8, H x W) and the lesions of `lesion_kind` painted on it (none when None)."""
+    """One radiograph of `part` (uint8, H x W) and the lesions of `lesion_kind` painted on it (none when None),
+    drawn as large and dense as `part`'s subtlety and the difficulty say."""
     count = int(rng.integers(spec.lesions_per_image[0], spec.lesions_per_image[1] + 1)) if lesion_kind else 0
     for _ in range(VIEW_TRIES):
         view = random_view(rng, spec)
@@ -94,11 +95,12 @@ def render_image(
         raise RuntimeError(f"no {part} view with a lesion site inside the frame in {VIEW_TRIES} tries")
     bones = np.zeros(view.grid_shape, np.float32)
     add_bones(bones, [bone for bone in anatomy.bones if all(bone is not site.bone for site in sites)])
-    lesions = [paint_lesion(bones, site, lesion_kind, view, rng, spec) for site in sites]
+    lesion_knobs = lesion_spec(spec, part)
+    lesions = [paint_lesion(bones, site, lesion_kind, view, rng, lesion_knobs) for site in sites]
     bones *= _texture(rng, spec, bones.shape, view.factor)
     tissue = tissue_layer(anatomy.tissues, rng.uniform(*spec.tissue_density), *view.grid_shape)
     if lesion_kind in SWELLING_KINDS:
-        add_swelling(tissue, sites, rng, spec)
+        add_swelling(tissue, sites, rng, lesion_knobs)
     image = _expose(tissue + bones, view, rng, spec)
     _add_marker(image, rng, spec)
     return image, lesions

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
 
 DEFAULTS_FILE = "defaults.yaml"
 LESION_KINDS = ("fracture", "hardware", "lytic")
 MIN_STUDIES_PER_PART = 4  # every body part gets a train and a valid study of each label
+LESION_SIZE_KNOBS = ("fracture_gap", "fracture_shift", "fracture_angulation_deg", "lytic_diameter", "plate_width")
+LESION_DENSITY_KNOBS = (
+    "fracture_contrast",
+    "fracture_callus_density",
+    "fracture_fragment_density",
+    "lytic_contrast",
+    "lytic_rim_density",
+    "plate_density",
+    "swelling_density",
+)
 
 
 class SyntheticDataError(MuraError):
@@ -76,6 +87,7 @@ class SyntheticSpec:
     fracture_fragments: tuple[int, int] = MISSING
     fracture_min_extent: float = MISSING
     fracture_callus_density: Range = MISSING
+    fracture_fragment_density: Range = MISSING
     plate_width: Range = MISSING
     plate_length: Range = MISSING
     plate_density: Range = MISSING
@@ -85,6 +97,8 @@ class SyntheticSpec:
     lytic_max_bone_fraction: float = MISSING
     lytic_elongation: Range = MISSING
     lytic_rim_density: Range = MISSING
+    subtlety: dict[str, float] = MISSING
+    difficulty: float = MISSING
 
 
 def defaults_path() -> str:
@@ -104,8 +118,37 @@ def load_spec(**overrides: Any) -> SyntheticSpec:
     return spec
 
 
-def _validate(spec: SyntheticSpec) -> None:
+def visibility(spec: SyntheticSpec, part: str) -> float:
+    """How large and dense `part`'s lesions are drawn, relative to the lesion knobs: (1 - subtlety) ** difficulty."""
+    return (1.0 - spec.subtlety[part]) ** spec.difficulty
+
+
+def lesion_spec(spec: SyntheticSpec, part: str) -> SyntheticSpec:
+    """`spec` with its lesion size and density knobs scaled by the visibility of `part`'s lesions."""
+    scale = visibility(spec, part)
+    knobs = LESION_SIZE_KNOBS + LESION_DENSITY_KNOBS
+    return replace(spec, **{name: tuple(scale * value for value in getattr(spec, name)) for name in knobs})
+
+
+def _subtlety_problems(spec: SyntheticSpec) -> list[str]:
+    """What is wrong with the subtlety map and the difficulty knob, if anything."""
     problems = []
+    unknown, missing = set(spec.subtlety) - set(BODY_PARTS), set(BODY_PARTS) - set(spec.subtlety)
+    if unknown or missing:
+        problems.append(
+            f"subtlety needs exactly the body parts {', '.join(BODY_PARTS)}; "
+            f"unknown: {sorted(unknown) or 'none'}, missing: {sorted(missing) or 'none'}"
+        )
+    bad = {part: value for part, value in spec.subtlety.items() if not 0 <= value < 1}
+    if bad:
+        problems.append(f"subtlety values must lie in [0, 1) (1 would erase the lesions), got {bad}")
+    if not (spec.difficulty >= 0 and math.isfinite(spec.difficulty)):
+        problems.append(f"difficulty={spec.difficulty} must be a finite number >= 0 (0: every lesion at full size)")
+    return problems
+
+
+def _validate(spec: SyntheticSpec) -> None:
+    problems = _subtlety_problems(spec)
     if spec.studies_per_part < MIN_STUDIES_PER_PART:
         problems.append(
             f"studies_per_part={spec.studies_per_part} is too small: every body part gets train and valid studies "
