@@ -13,17 +13,19 @@ import hydra
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mura_lightning.callbacks.metrics import figures
 from mura_lightning.data.index import BODY_PARTS, build_index, select_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.evaluation.bootstrap import BootstrapSettings
+from mura_lightning.evaluation.outputs import write_scored_test
 from mura_lightning.inference.checkpoints import checkpoint_paths, datamodule_settings
 from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.files import predict_files
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic, write_text_atomic
-from mura_lightning.metrics import PredictionTable, StageMetrics, metrics_by_body_part, row_thresholds
+from mura_lightning.metrics import PredictionTable, StageMetrics
 from mura_lightning.report import print_metrics_table
 
 log = logging.getLogger(__name__)
@@ -62,27 +64,6 @@ def readable_table(rows: pd.DataFrame, probs) -> PredictionTable:
     )
 
 
-def prediction_frames(
-    images: PredictionTable, studies: PredictionTable, rows: pd.DataFrame, threshold: float | torch.Tensor
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The per-image (path, patient, body_part, study, label, prob) and per-study (study, patient, body_part,
-    label, prob, pred) tables, with study folders relative to the MURA root; `pred` at `threshold` (one number,
-    or one per BODY_PARTS entry)."""
-    by_image = rows.set_index("image_id")
-    by_study = rows.drop_duplicates("study_id").set_index("study_id")
-    image_frame = images.to_frame()
-    for column in ("path", "patient", "study"):
-        image_frame[column] = by_image.loc[image_frame["image_id"], column].to_numpy()
-    study_frame = studies.to_frame()
-    for column in ("patient", "study"):
-        study_frame[column] = by_study.loc[study_frame["study"], column].to_numpy()
-    study_frame["pred"] = (studies.probs > row_thresholds(threshold, studies.body_parts)).long().numpy()
-    return (
-        image_frame[["path", "patient", "body_part", "study", "label", "prob"]],
-        study_frame[["study", "patient", "body_part", "label", "prob", "pred"]],
-    )
-
-
 def write_submission(path: Path, study_folders: Iterable[str], preds: Iterable[int]) -> None:
     """The official MURA submission file: headerless `MURA-v1.1/valid/XR_.../studyN_.../,label` rows."""
     rows = "".join(f"{folder}/,{int(pred)}\n" for folder, pred in zip(study_folders, preds, strict=True))
@@ -90,23 +71,27 @@ def write_submission(path: Path, study_folders: Iterable[str], preds: Iterable[i
 
 
 def write_outputs(
-    out: Path, values: dict, tables: dict[str, PredictionTable], rows, root: Path, title: str, threshold
-) -> None:
-    """results.json, the per-body-part table, both prediction tables, submission.csv and the figures, decided at
-    `threshold` (one number, or one per BODY_PARTS entry)."""
+    out: Path,
+    values: dict,
+    tables: dict[str, PredictionTable],
+    rows,
+    root: Path,
+    model: InferenceModel,
+    settings: BootstrapSettings,
+) -> dict:
+    """The prediction files, per-body-part tables with bootstrap intervals, results.json, submission.csv and the
+    figures; returns the values with the intervals."""
+    threshold = model.part_thresholds()
+    values, study_frame = write_scored_test(out, values, tables, rows, threshold, settings, STAGE)
     write_json_atomic(out / RESULTS_FILE, values)
-    table = metrics_by_body_part(values, STAGE, "study")
-    write_atomically(out / "metrics_by_bodypart.csv", lambda tmp: table.to_csv(tmp))
-    image_frame, study_frame = prediction_frames(tables["image"], tables["study"], rows, threshold)
-    write_atomically(out / "predictions_images.csv", lambda tmp: image_frame.to_csv(tmp, index=False))
-    write_atomically(out / "predictions_studies.csv", lambda tmp: study_frame.to_csv(tmp, index=False))
     write_submission(
         out / "submission.csv", [f"{root.name}/{study}" for study in study_frame["study"]], study_frame["pred"]
     )
-    for name, figure in figures(tables["study"], threshold, title).items():
+    for name, figure in figures(tables["study"], threshold, f"{values['model']} study").items():
         if name in FIGURES:
             write_atomically(out / f"{name}.png", partial(save_png, figure))
         plt.close(figure)
+    return values
 
 
 def save_png(figure: plt.Figure, path: Path) -> None:
@@ -116,6 +101,7 @@ def save_png(figure: plt.Figure, path: Path) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score the checkpoint(s) on the official valid split; write the outputs into the run folder."""
+    settings = BootstrapSettings.from_config(OmegaConf.to_container(cfg.metrics.bootstrap))
     paths = checkpoint_paths(cfg.ckpt_path)
     model = InferenceModel.from_checkpoints(
         paths,
@@ -154,7 +140,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         }
     )
     out = Path(cfg.paths.output_dir)
-    write_outputs(out, values, tables, rows, root, f"{description['model']} study", model.part_thresholds())
+    values = write_outputs(out, values, tables, rows, root, model, settings)
     print_metrics_table(values, STAGE)
     log.info("evaluation written to %s", out)
     return values

@@ -267,8 +267,9 @@ class StageMetrics(nn.Module):
 
 
 def metrics_by_body_part(values: dict[str, float], stage: str, level: str) -> pd.DataFrame:
-    """Rows: each body part with metrics, then `overall`; columns: the metrics of `{stage}/{level}/...`, then the
-    threshold each row was decided at (empty for `overall` when each part had its own)."""
+    """Rows: each body part with metrics, then `overall`; columns: the metrics of `{stage}/{level}/...`, their
+    bootstrap bounds `{metric}_ci_low`/`_ci_high` where the values hold them, then the threshold each row was
+    decided at (empty for `overall` when each part had its own)."""
     prefix = f"{stage}/{level}/"
     rows: dict[str, dict[str, float]] = {}
     for key, value in values.items():
@@ -277,5 +278,8 @@ def metrics_by_body_part(values: dict[str, float], stage: str, level: str) -> pd
         name, _, part = key[len(prefix) :].partition("/")
         rows.setdefault(part or "overall", {})[name] = value
     order = [part for part in BODY_PARTS if part in rows] + ["overall"]
-    table = pd.DataFrame.from_dict(rows, orient="index").reindex(index=order, columns=[*METRIC_NAMES, THRESHOLD_COLUMN])
+    present = {name for row in rows.values() for name in row}
+    bounds = [f"{metric}_{bound}" for metric in METRIC_NAMES for bound in ("ci_low", "ci_high")]
+    columns = [*METRIC_NAMES, *(name for name in bounds if name in present), THRESHOLD_COLUMN]
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(index=order, columns=columns)
     return table.rename_axis("body_part")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -23,13 +24,26 @@ SUMMARY_COLUMNS = {  # metric -> column header
 def print_metrics_table(
     values: dict[str, Any], stage: str, level: str = "study", console: Console | None = None
 ) -> None:
-    """Print `{stage}/{level}/...` metrics as a table: one row per body part, then overall."""
+    """Print `{stage}/{level}/...` metrics as a table: one row per body part, then overall; a metric with bootstrap
+    bounds reads like the MURA paper's, `0.705 (0.680-0.729)`."""
     frame = metrics_by_body_part(values, stage, level)
-    table = Table(title=f"{stage} metrics, {level} level")
+    bootstrap = values.get("bootstrap")
+    title = f"{stage} metrics, {level} level"
+    if bootstrap and any(column.endswith("_ci_low") for column in frame.columns):
+        title += f" ({bootstrap['confidence']:.0%} patient-bootstrap intervals)"
+    table = Table(title=title)
     table.add_column("body part")
     for header in SUMMARY_COLUMNS.values():
         table.add_column(header, justify="right")
     for part, row in frame.iterrows():
-        cells = [f"{row[name]:.3f}" for name in SUMMARY_COLUMNS]
+        cells = [cell(row, name) for name in SUMMARY_COLUMNS]
         table.add_row(part, *cells, style="bold" if part == "overall" else None)
     (console or Console()).print(table)
+
+
+def cell(row, name: str) -> str:
+    """A metric's value with three decimals, followed by its `(low-high)` bounds when the row has them."""
+    low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{row[name]:.3f}"
+    return f"{row[name]:.3f} ({low:.3f}-{high:.3f})"

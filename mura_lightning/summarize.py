@@ -191,11 +191,28 @@ def summary_frame(jobs: list[dict[str, Any]], metric: str) -> pd.DataFrame:
             "overrides": " ".join(o for o in job["overrides"] if o not in shared),
             "status": job["status"],
             **{name: _number(job["results"].get(name)) for name in metrics},
+            interval_column(metric): interval_text(job["results"], metric),
             "error": job["error"],
         }
         for job in jobs
     ]
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame if frame[interval_column(metric)].any() else frame.drop(columns=interval_column(metric))
+
+
+def interval_column(metric: str) -> str:
+    """The column of `metric`'s bootstrap interval."""
+    return f"{metric} CI"
+
+
+def interval_text(results: dict[str, Any], metric: str) -> str:
+    """`low-high`, the patient-bootstrap bounds of `metric` (`test/study/kappa[/part]`, whose bounds are
+    `test/study/kappa_ci_low[/part]`) in a job's results; "" when it has none."""
+    stage_level_name, _, part = metric.rpartition("/") if metric.count("/") == 3 else (metric, "", "")
+    suffix = f"/{part}" if part else ""
+    low = _number(results.get(f"{stage_level_name}_ci_low{suffix}"))
+    high = _number(results.get(f"{stage_level_name}_ci_high{suffix}"))
+    return "" if math.isnan(low) or math.isnan(high) else f"{low:.{DECIMALS}f}-{high:.{DECIMALS}f}"
 
 
 def _number(value: Any) -> float:
@@ -327,7 +344,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def print_summary(frame: pd.DataFrame, pivot: pd.DataFrame, title: str, metric: str, console: Console) -> None:
     """Print the job table (jobs by number, the main metrics, errors listed under it) and the pivot table, one
     line per row however narrow the console: the overrides column is cut short first (summary.md has it all)."""
-    columns = ["job", "backbone", "body_part", "status", *dict.fromkeys([*TERMINAL_METRICS, metric]), "overrides"]
+    intervals = [interval_column(metric)] if interval_column(metric) in frame.columns else []
+    columns = ["job", "backbone", "body_part", "status", *dict.fromkeys([*TERMINAL_METRICS, metric]), *intervals]
+    columns.append("overrides")
     compact = frame[columns].assign(
         job=[_job_label(name) for name in frame["job"]],
         overrides=[_other_overrides(text) for text in frame["overrides"]],

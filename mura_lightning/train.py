@@ -19,6 +19,8 @@ from mura_lightning import slurm
 from mura_lightning.config import instantiate, instantiate_all
 from mura_lightning.data.index import resolve_body_parts
 from mura_lightning.errors import MuraError
+from mura_lightning.evaluation.bootstrap import BootstrapSettings
+from mura_lightning.evaluation.outputs import write_scored_test
 from mura_lightning.hydra_ddp import distributed_job
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
 from mura_lightning.metrics import LEVELS
@@ -128,9 +130,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results.update(values)
     results.update(run_description(cfg, ckpt_path))
     if trainer.is_global_zero:
+        if cfg.test:
+            results = write_test_outputs(cfg, model, datamodule, results)
         print_metrics_table(results, "test" if cfg.test else "val")
         path = write_json_atomic(Path(cfg.paths.output_dir) / RESULTS_FILE, results)
         log.info("results: %s", path)
+    return results
+
+
+def write_test_outputs(cfg: DictConfig, model: MURAClassifier, datamodule, results: dict[str, Any]) -> dict[str, Any]:
+    """The final test's prediction files and per-body-part tables in the run folder; the results with the
+    patient-bootstrap intervals of the study-level metrics added."""
+    settings = BootstrapSettings.from_config(model.metric_settings.bootstrap)
+    tables, threshold = model.last_predictions["test"], model.decision_thresholds("test")
+    rows = datamodule.image_table()
+    results, _ = write_scored_test(Path(cfg.paths.output_dir), results, tables, rows, threshold, settings, "test")
     return results
 
 

@@ -1,10 +1,8 @@
-"""MetricsReport: confusion-matrix, ROC, precision-recall and reliability figures in TensorBoard, and the
-per-body-part table."""
+"""MetricsReport: confusion-matrix, ROC, precision-recall and reliability figures in TensorBoard."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import matplotlib
 
@@ -17,26 +15,22 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryPrecisionRecallCurve, BinaryROC
 
 from mura_lightning.calibration import reliability_figure
-from mura_lightning.io import write_atomically
-from mura_lightning.metrics import CLASS_NAMES, LEVELS, PredictionTable, metrics_by_body_part, row_thresholds
+from mura_lightning.metrics import CLASS_NAMES, PredictionTable, row_thresholds
 
 log = logging.getLogger(__name__)
-
-TABLE_FILES = {"study": "metrics_by_bodypart.csv", "image": "metrics_by_bodypart_image.csv"}
 
 
 class MetricsReport(Callback):
     """At the end of validation (every `every_n_epochs` epochs) and of testing, logs for each level a confusion
     matrix, a ROC curve, a precision-recall curve and a reliability diagram as TensorBoard figures
-    (`{stage}/{level}/confusion_matrix`, `.../roc`, `.../pr`, `.../reliability`); at the end of testing writes
-    `metrics_by_bodypart.csv` (study level) and `metrics_by_bodypart_image.csv` into `output_dir`: one row per body
-    part and one `overall`, with the threshold each row was decided at.
+    (`{stage}/{level}/confusion_matrix`, `.../roc`, `.../pr`, `.../reliability`). The final test's files (the
+    per-body-part tables with intervals, the prediction files) are written by train, as evaluate writes them
+    (mura_lightning/evaluation/outputs.py).
 
-    It reads what the MURAClassifier computed for the stage: `last_predictions` and `last_metrics`.
+    It reads what the MURAClassifier computed for the stage: `last_predictions`.
     """
 
-    def __init__(self, output_dir: str, every_n_epochs: int = 1) -> None:
-        self.output_dir = Path(output_dir)
+    def __init__(self, every_n_epochs: int = 1) -> None:
         self.every_n_epochs = every_n_epochs
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -49,11 +43,6 @@ class MetricsReport(Callback):
         if "test" not in pl_module.last_predictions:
             return
         self._log_figures(trainer, pl_module, "test")
-        if trainer.is_global_zero:
-            for level in LEVELS:
-                table = metrics_by_body_part(pl_module.last_metrics["test"], "test", level)
-                path = write_atomically(self.output_dir / TABLE_FILES[level], lambda tmp, t=table: t.to_csv(tmp))
-                log.info("per-body-part %s metrics: %s", level, path)
 
     def _log_figures(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
