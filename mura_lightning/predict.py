@@ -147,7 +147,7 @@ class CamWriter:
     """Writes a CAM overlay PNG per readable image (named after its path) of the ensemble's first network."""
 
     def __init__(self, model: InferenceModel, radiographs: list[Radiograph], out: Path, cfg: DictConfig) -> None:
-        self.net = model.nets[0]
+        self.net = model.members()[0]
         self.layer = model.cam_target_layers()[0]
         self.radiographs = radiographs
         self.folder = out / CAM_FOLDER

@@ -28,7 +28,7 @@ def test_hub_load_gives_the_checkpoints_probabilities(trained):
     ckpt, root = trained
     model = torch.hub.load(str(REPO_ROOT), "mura_classifier", source="local", checkpoint=str(ckpt))
     assert isinstance(model, InferenceModel)
-    assert not model.training and not model.nets[0].training
+    assert not model.training and not model.members()[0].training
     images = sorted(root.glob("valid/XR_WRIST/*/*/*.png"))[:3]
     classifier = load_classifier(ckpt)
     batch = torch.stack([model.preprocess(image) for image in images])

@@ -199,12 +199,28 @@ def test_checkpoints_from_before_preprocessing_owned_in_chans_still_load(trained
         torch.testing.assert_close(old(images), new(images))
 
 
-def test_an_ensemble_of_models_with_different_inputs_is_refused(trained, tmp_path):
+def test_an_ensemble_of_models_with_different_image_sizes_is_refused(trained, tmp_path):
     checkpoint = torch.load(trained[1], weights_only=True)
     checkpoint["hyper_parameters"]["preprocessing"]["image_size"] = 48
     torch.save(checkpoint, tmp_path / "bigger.ckpt")
-    with pytest.raises(MuraError, match="the models of an ensemble must take the same input: .*bigger.ckpt"):
+    with pytest.raises(MuraError, match="the models of an ensemble must take the same image size: .*bigger.ckpt"):
         InferenceModel.from_checkpoints([trained[1], str(tmp_path / "bigger.ckpt")])
+
+
+def test_ensemble_members_get_their_own_channels_and_normalisation(trained, tmp_path):
+    """A member trained on one channel with other statistics sees exactly the input it was trained on."""
+    checkpoint = torch.load(trained[1], weights_only=True)
+    preprocessing = checkpoint["hyper_parameters"]["preprocessing"]
+    preprocessing.update(in_chans=1, mean=[0.5], std=[0.25])
+    weight = checkpoint["state_dict"]["net.features.conv0.weight"]
+    checkpoint["state_dict"]["net.features.conv0.weight"] = weight.sum(dim=1, keepdim=True)
+    torch.save(checkpoint, tmp_path / "gray.ckpt")
+    gray_member = InferenceModel.from_checkpoints(str(tmp_path / "gray.ckpt"))
+    both = InferenceModel.from_checkpoints([trained[1], str(tmp_path / "gray.ckpt")])
+    alone = InferenceModel.from_checkpoints(trained[1])
+    images = [np.random.default_rng(seed).integers(0, 256, (40, 30), dtype=np.uint8) for seed in range(3)]
+    expected = (alone.predict(images) + gray_member.predict(images)) / 2
+    torch.testing.assert_close(both.predict(images), expected, rtol=0, atol=1e-6)
 
 
 def test_predict_reads_labels_of_mixed_case_folders(trained, tmp_path):

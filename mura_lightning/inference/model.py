@@ -32,7 +32,8 @@ class InferenceModel(nn.Module):
     networks of an ensemble and the test-time-augmentation views, of sigmoid(logit / T) in float32, with T each
     network's calibration temperature (`temperatures`, 1 for uncalibrated models). `preprocess`
     turns a radiograph (file path, PIL image, (H, W) or (H, W, 3|4) uint8 array) into that normalised (C, S, S)
-    tensor exactly as in evaluation; `predict` does both for a list of radiographs.
+    tensor exactly as in evaluation; `predict` does both for a list of radiographs. `nets` are the members, each
+    a `MemberInput` (the network behind the adapter that feeds it the ensemble's input).
 
     `threshold` (abnormal iff probability > threshold) and `study_aggregation` (a study's probability is the mean
     or max of its images') say how to turn the probabilities into decisions; `thresholds`, when not None, maps
@@ -42,7 +43,7 @@ class InferenceModel(nn.Module):
 
     def __init__(
         self,
-        nets: Sequence[nn.Module],
+        nets: Sequence[MemberInput],
         *,
         preprocessing: Preprocessing,
         threshold: float,
@@ -81,18 +82,20 @@ class InferenceModel(nn.Module):
         tta_degrees: float = DEFAULT_TTA_DEGREES,
     ) -> InferenceModel:
         """The trained classifiers as one model (sharing their networks). Members of an ensemble must take the
-        same input; the threshold and aggregation are the given ones, else the models' own (see
-        `threshold_in_force`). Each network keeps its own temperature; per-body-part thresholds are used for a
-        single model tuned with them and no `threshold` given."""
+        same image size; the first member's preprocessing makes the input, the others get it renormalised to
+        their own channels and mean/std (exactly: every channel holds the same gray image); the threshold and
+        aggregation are the given ones, else the models' own (see `threshold_in_force`). Each network keeps its
+        own temperature; per-body-part thresholds are used for a single model tuned with them and no `threshold`
+        given."""
         first = classifiers[0]
         for classifier, source in zip(classifiers[1:], sources[1:] or [""] * len(classifiers), strict=False):
-            if classifier.preprocessing != first.preprocessing:
+            if classifier.preprocessing.image_size != first.preprocessing.image_size:
                 raise MuraError(
-                    f"the models of an ensemble must take the same input: {source or 'a member'} has "
-                    f"{classifier.preprocessing}, the first has {first.preprocessing}"
+                    f"the models of an ensemble must take the same image size: {source or 'a member'} takes "
+                    f"{classifier.preprocessing.image_size} px, the first {first.preprocessing.image_size} px"
                 )
         return cls(
-            [classifier.net for classifier in classifiers],
+            [MemberInput(first.preprocessing, member.preprocessing, member.net) for member in classifiers],
             preprocessing=first.preprocessing,
             threshold=threshold_in_force(
                 [float(c.tuned_threshold) for c in classifiers], first.metric_settings.threshold, threshold
@@ -146,10 +149,15 @@ class InferenceModel(nn.Module):
         batch = torch.stack([self.preprocess(image) for image in images]).to(device)
         return self(batch).cpu()
 
+    def members(self) -> list[nn.Module]:
+        """The trained networks of the model, without their input adapters."""
+        return [member.net for member in self.nets]
+
     def cam_target_layers(self) -> list[nn.Module]:
         """Each network's layer for class activation maps (its backbone's `cam_layer`)."""
         return [
-            net.get_submodule(backbone_spec(name).cam_layer) for net, name in zip(self.nets, self.names, strict=True)
+            net.get_submodule(backbone_spec(name).cam_layer)
+            for net, name in zip(self.members(), self.names, strict=True)
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -175,6 +183,28 @@ def per_part_thresholds(classifiers: Sequence[MURAClassifier]) -> dict[str, floa
     if len(classifiers) != 1 or not classifiers[0].metric_settings.threshold_per_body_part:
         return None
     return {part: float(value) for part, value in zip(BODY_PARTS, classifiers[0].tuned_thresholds, strict=True)}
+
+
+class MemberInput(nn.Module):
+    """An ensemble member fed the ensemble's input: a batch normalised with `source` is turned back into the gray
+    image in [0, 1] (channel 0: x * std + mean) and normalised with the member's own `target` preprocessing;
+    where both are the same the batch passes unchanged."""
+
+    def __init__(self, source: Preprocessing, target: Preprocessing, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.same = source == target
+        self.register_buffer("source", torch.tensor([source.channel_std[0], source.channel_mean[0]]), persistent=False)
+        shape = (1, target.in_chans, 1, 1)
+        self.register_buffer("mean", torch.tensor(target.channel_mean).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(target.channel_std).view(shape), persistent=False)
+        self.in_chans = target.in_chans
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            return self.net(images)
+        gray = images[:, :1] * self.source[0] + self.source[1]
+        return self.net((gray.expand(-1, self.in_chans, -1, -1) - self.mean) / self.std)
 
 
 def as_grayscale(image: Radiograph) -> np.ndarray:
