@@ -24,8 +24,8 @@ KILLED_BUILD = textwrap.dedent(
 
     resize = cache._resize_chunk
 
-    def slow(chunk, target, transform):
-        failed = resize(chunk, target, transform)
+    def slow(chunk, target, image_size):
+        failed = resize(chunk, target, image_size)
         time.sleep(120)
         return failed
 
