@@ -21,10 +21,15 @@ class DicomSupportMissingError(MuraError, ImportError):
     """pydicom, from the optional `dicom` extra, is not installed, so no DICOM file can be read."""
 
 
+def has_dicom_suffix(path: str | Path) -> bool:
+    """True for a `.dcm` file name (any case), without opening the file."""
+    return Path(path).suffix.lower() == DICOM_SUFFIX
+
+
 def is_dicom(path: str | Path) -> bool:
     """True for a `.dcm` file name, or a file holding the DICOM preamble (128 bytes, then `DICM`)."""
     path = Path(path)
-    if path.suffix.lower() == DICOM_SUFFIX:
+    if has_dicom_suffix(path):
         return True
     try:
         with path.open("rb") as handle:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mura_lightning.data.dicom import is_dicom, read_dicom
+from mura_lightning.data.dicom import has_dicom_suffix, is_dicom, read_dicom
 from mura_lightning.data.index import is_dataset_image
 from mura_lightning.errors import ImageDecodeError
 
@@ -37,12 +37,18 @@ def is_radiograph(path: str | Path) -> bool:
 
 def read_grayscale(path: str | Path) -> np.ndarray:
     """Decode an image or DICOM file into an (H, W) uint8 array; an unreadable, truncated or unsupported file
-    raises ImageDecodeError."""
-    if is_dicom(path):
+    raises ImageDecodeError. A `.dcm` name goes to the DICOM reader; other files are opened with PIL, and only a
+    file PIL cannot identify is checked for the DICOM preamble (so a PNG is opened once, not sniffed first)."""
+    if has_dicom_suffix(path):
         return read_dicom(path)
     try:
         with Image.open(path) as image:
             image.load()
             return to_grayscale(image)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(f"cannot decode image {path}: {err}. Replace or remove the file.") from err
+    except UnidentifiedImageError as err:
+        if is_dicom(path):
+            return read_dicom(path)
+        error = err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        error = err
+    raise ImageDecodeError(f"cannot decode image {path}: {error}. Replace or remove the file.") from error
