@@ -32,11 +32,11 @@ from mura_lightning.evaluation.bootstrap import (
     paired_intervals,
 )
 from mura_lightning.evaluation.delong import delong_test
+from mura_lightning.evaluation.outputs import STUDY_FILE
 from mura_lightning.io import write_atomically, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions_studies.csv"
 COMPARE_CSV, COMPARE_MD, COMPARE_PNG = "compare.csv", "compare.md", "compare.png"
 SHOWN_STUDIES = 3  # studies named in an error
 DECIMALS = 3
@@ -51,7 +51,7 @@ def load_predictions(folder: str | Path) -> pd.DataFrame:
     folder = Path(folder)
     if not folder.is_dir():
         raise MuraError(f"{folder} is not a folder: give a training run or an evaluate output folder")
-    path = folder / PREDICTIONS_FILE
+    path = folder / STUDY_FILE
     if not path.is_file():
         raise MuraError(
             f"{path} does not exist: `python -m mura_lightning.evaluate ckpt_path=...` or a training run with a test "

@@ -18,7 +18,7 @@ from mura_lightning.data.presets import EvalPreset, Preprocessing
 from mura_lightning.errors import MuraError
 from mura_lightning.inference.checkpoints import checkpoint_paths, load_classifier
 from mura_lightning.inference.tta import TestTimeAugmentation
-from mura_lightning.models.backbones import backbone_spec
+from mura_lightning.models.backbones import cam_target_layer
 from mura_lightning.models.module import MURAClassifier
 from mura_lightning.thresholds import threshold_in_force
 
@@ -155,10 +155,7 @@ class InferenceModel(nn.Module):
 
     def cam_target_layers(self) -> list[nn.Module]:
         """Each network's layer for class activation maps (its backbone's `cam_layer`)."""
-        return [
-            net.get_submodule(backbone_spec(name).cam_layer)
-            for net, name in zip(self.members(), self.names, strict=True)
-        ]
+        return [cam_target_layer(net, name) for net, name in zip(self.members(), self.names, strict=True)]
 
     def describe(self) -> dict[str, Any]:
         """What the predictions come from: backbones, checkpoints, preprocessing, calibration temperatures,

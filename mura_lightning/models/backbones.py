@@ -57,6 +57,11 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
+def cam_target_layer(net: nn.Module, name: str) -> nn.Module:
+    """The layer of a `name` network (built by `build_backbone`) whose activations class activation maps use."""
+    return net.get_submodule(backbone_spec(name).cam_layer)
+
+
 def expected_weights_file(name: str, weights: str) -> Path:
     """Where torch hub keeps the ImageNet weights of a backbone ($TORCH_HOME/hub/checkpoints/<file>)."""
     url = _weights_entry(name, weights).url

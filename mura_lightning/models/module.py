@@ -15,7 +15,7 @@ from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.data.presets import EvalPreset, Preprocessing
 from mura_lightning.errors import MuraError
 from mura_lightning.metrics import PredictionTable, StageMetrics
-from mura_lightning.models.backbones import backbone_spec, build_backbone
+from mura_lightning.models.backbones import build_backbone, cam_target_layer
 from mura_lightning.models.losses import BCELoss, MuraLoss
 from mura_lightning.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
 
@@ -90,7 +90,7 @@ class MURAClassifier(LightningModule):
 
     def cam_target_layer(self) -> nn.Module:
         """The layer of `net` whose activations class activation maps are made of (the backbone's `cam_layer`)."""
-        return self.net.get_submodule(backbone_spec(self.hparams["backbone"]["name"]).cam_layer)
+        return cam_target_layer(self.net, self.hparams["backbone"]["name"])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """One logit per image, shape (N,)."""
