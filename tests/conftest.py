@@ -67,6 +67,23 @@ def build_datamodule(root: Path, *overrides: str):
     return instantiate(cfg.data, preprocessing=preprocessing, _convert_="all")
 
 
+def run_evaluate(out: Path, ckpt_path: str, *overrides: str) -> dict:
+    """`evaluate` of a checkpoint (or a `[a,b]` ensemble) on its training data's valid split, writing into `out`."""
+    from mura_lightning.evaluate import evaluate
+
+    overrides = [f"paths.root_dir={out}", f"paths.output_dir={out}", "data.num_workers=0", *overrides]
+    return evaluate(compose("evaluate", [*overrides, f"ckpt_path={ckpt_path}"]))
+
+
+def run_predict(out: Path, ckpt_path: str, source: Path, *overrides: str):
+    """`predict` of `source` with a checkpoint, writing into `out`; the predictions table."""
+    from mura_lightning.predict import predict
+
+    return predict(
+        compose("predict", [f"ckpt_path={ckpt_path}", f"input={source}", f"output={out}", "num_workers=0", *overrides])
+    )
+
+
 def tiny_run_overrides(root: Path, out: Path) -> list[str]:
     """Overrides for a CPU training run of a few seconds on a small tree: 32 px, one epoch, no workers."""
     return [

@@ -82,9 +82,9 @@ def test_the_gpu_check_refuses_unknown_stages_and_options(tmp_path):
 
 
 @pytest.fixture
-def gpu_benchmark(monkeypatch):
-    """benchmarks/gpu.py as a module (it imports its neighbours as a script does)."""
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+def gpu_benchmark():
+    """benchmarks/gpu.py as a module (benchmarks/ is on pytest's pythonpath, so it imports its neighbours as a
+    script does)."""
     import gpu
 
     return gpu

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from bootstrap import coverage, simulated_studies  # benchmarks/bootstrap.py: the simulation the figures come from
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, recall_score, roc_auc_score
 
 from mura_lightning.errors import MuraError
@@ -24,31 +25,6 @@ from mura_lightning.evaluation.bootstrap import (
 )
 
 CONFIDENCE = 0.95
-POPULATION = 100_000  # patients per body part in the coverage simulation
-
-
-def study_table(rng: np.random.Generator, patients: dict[str, int], signal: float = 1.5) -> pd.DataFrame:
-    """Studies of `patients[part]` patients per body part, 1-3 studies each, labels and scores correlated within
-    a patient; scores rounded so that ties occur."""
-    frames = []
-    for part, count in patients.items():
-        studies = rng.integers(1, 4, size=count)
-        patient = np.repeat(np.arange(count), studies)
-        tendency = np.repeat(rng.normal(size=count), studies)
-        label = (rng.random(len(patient)) < 1 / (1 + np.exp(-tendency))).astype(int)
-        logit = signal * (label - 0.5) + 0.5 * tendency + rng.normal(size=len(patient))
-        frames.append(
-            pd.DataFrame(
-                {
-                    "patient": patient,
-                    "body_part": part,
-                    "label": label,
-                    "prob": np.round(1 / (1 + np.exp(-logit)), 2),
-                }
-            )
-        )
-    frame = pd.concat(frames, ignore_index=True)
-    return frame.assign(pred=(frame["prob"] > 0.5).astype(int))
 
 
 def sklearn_metrics(frame: pd.DataFrame) -> dict[str, float]:
@@ -85,7 +61,7 @@ def slow_intervals(frame: pd.DataFrame, weights: np.ndarray) -> dict[tuple[str, 
 
 def test_bounds_equal_scikit_learn_on_the_same_resamples():
     rng = np.random.default_rng(3)
-    frame = study_table(rng, {"hand": 40, "wrist": 30, "finger": 4})
+    frame = simulated_studies(rng, {"hand": 40, "wrist": 30, "finger": 4})
     samples, seed = 100, 11
     weights = bootstrap_weights(frame, samples, seed)
     expected = slow_intervals(frame, weights)
@@ -103,7 +79,7 @@ def test_bounds_equal_scikit_learn_on_the_same_resamples():
 
 
 def test_weights_resample_patients_within_body_parts():
-    frame = study_table(np.random.default_rng(0), {"hand": 30, "elbow": 20})
+    frame = simulated_studies(np.random.default_rng(0), {"hand": 30, "elbow": 20})
     weights = bootstrap_weights(frame, 200, 5)
     for part, count in (("hand", 30), ("elbow", 20)):
         rows = frame[frame["body_part"] == part]
@@ -131,26 +107,6 @@ def test_a_patient_in_two_body_parts_is_drawn_separately_in_each():
     assert (weights[:, [0, 2]].sum(axis=1) == 2).all() and (weights[:, [1, 3]].sum(axis=1) == 2).all()
 
 
-def coverage(repetitions: int, patients: int, samples: int, seed: int) -> dict[str, float]:
-    """The share of `repetitions` 95 % intervals (overall) that hold the population value of each metric: the
-    population is 100,000 patients per body part; each repetition draws `patients` of them per part."""
-    rng = np.random.default_rng(seed)
-    parts = ("hand", "wrist")
-    population = study_table(rng, dict.fromkeys(parts, POPULATION))
-    truth = {metric: values[0] for metric, values in metric_values(population, np.ones((1, len(population)))).items()}
-    by_part = {part: population[population["body_part"] == part] for part in parts}
-    hits = dict.fromkeys(METRICS, 0)
-    for repetition in range(repetitions):
-        drawn = [rng.choice(POPULATION, size=patients, replace=False) for _ in parts]
-        chosen = [rows[rows["patient"].isin(names)] for rows, names in zip(by_part.values(), drawn, strict=True)]
-        sample = pd.concat(chosen, ignore_index=True)
-        table = intervals(sample, samples=samples, confidence=CONFIDENCE, seed=repetition)
-        row = table.loc[OVERALL]
-        for metric in METRICS:
-            hits[metric] += row[f"{metric}_ci_low"] <= truth[metric] <= row[f"{metric}_ci_high"]
-    return {metric: count / repetitions for metric, count in hits.items()}
-
-
 def test_95_percent_intervals_cover_the_population_values():
     covered = coverage(repetitions=80, patients=120, samples=400, seed=0)
     for metric, share in covered.items():
@@ -159,7 +115,7 @@ def test_95_percent_intervals_cover_the_population_values():
 
 def test_a_body_part_of_one_class_gets_a_nan_auroc_interval_and_a_warning(caplog):
     rng = np.random.default_rng(1)
-    frame = study_table(rng, {"hand": 30, "wrist": 25})
+    frame = simulated_studies(rng, {"hand": 30, "wrist": 25})
     frame.loc[frame["body_part"] == "wrist", "label"] = 1
     with caplog.at_level(logging.WARNING):
         table = intervals(frame, samples=100, confidence=CONFIDENCE, seed=0)
@@ -203,7 +159,7 @@ def test_bad_settings_are_refused(settings, message):
 
 
 def test_bad_settings_are_refused_by_intervals_too():
-    frame = study_table(np.random.default_rng(0), {"hand": 5})
+    frame = simulated_studies(np.random.default_rng(0), {"hand": 5})
     with pytest.raises(MuraError, match="samples=10"):
         intervals(frame, samples=10, confidence=CONFIDENCE, seed=0)
 
@@ -218,7 +174,7 @@ def test_the_config_defaults_are_valid():
 
 def test_the_official_scorers_kappa_interval_is_far_narrower():
     """The official MURA scorer uses pa(1-pa)/(n(1-pe)^2), a variance, as the standard error."""
-    frame = study_table(np.random.default_rng(7), {"shoulder": 140})
+    frame = simulated_studies(np.random.default_rng(7), {"shoulder": 140})
     n = len(frame)
     table = intervals(frame, samples=2000, confidence=CONFIDENCE, seed=0)
     labels, preds = frame["label"].to_numpy(), frame["pred"].to_numpy()
@@ -232,7 +188,7 @@ def test_the_official_scorers_kappa_interval_is_far_narrower():
 
 def test_paired_differences_use_the_same_resamples_for_both_models():
     rng = np.random.default_rng(2)
-    first = study_table(rng, {"hand": 40, "wrist": 40})
+    first = simulated_studies(rng, {"hand": 40, "wrist": 40})
     better = first.assign(prob=np.where(first["label"] == 1, 0.7, 0.3) * 0.5 + first["prob"] * 0.5)
     better = better.assign(pred=(better["prob"] > 0.5).astype(int))
     table = paired_intervals(first, better, samples=300, confidence=CONFIDENCE, seed=4)
@@ -251,7 +207,7 @@ def test_paired_differences_use_the_same_resamples_for_both_models():
 
 
 def test_paired_tables_must_match_row_by_row():
-    first = study_table(np.random.default_rng(0), {"hand": 10})
+    first = simulated_studies(np.random.default_rng(0), {"hand": 10})
     flipped = first.assign(label=1 - first["label"])
     with pytest.raises(MuraError, match="disagree on label"):
         paired_intervals(first, flipped, samples=100, confidence=CONFIDENCE, seed=0)

@@ -12,15 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, compose, compose_run
+from conftest import REPO_ROOT, compose_run, run_evaluate, run_predict
 from mura_trees import standard_studies, write_tree
 
 from mura_lightning.data.index import BODY_PARTS
-from mura_lightning.evaluate import evaluate
 from mura_lightning.export import export, sidecar_path
 from mura_lightning.inference.checkpoints import load_classifier
 from mura_lightning.inference.model import InferenceModel
-from mura_lightning.predict import predict
 from mura_lightning.train import train
 
 TOLERANCE = 1e-5
@@ -33,24 +31,6 @@ def trained(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("calibration")
     root = write_tree(tmp, standard_studies())
     return root, train(compose_run(root, tmp / "run", "test=false", *CALIBRATED))["ckpt_path"]
-
-
-def run_evaluate(out: Path, ckpt_path: str, *overrides: str) -> dict:
-    cfg = compose(
-        "evaluate",
-        [
-            f"paths.root_dir={out}",
-            f"paths.output_dir={out}",
-            "data.num_workers=0",
-            f"ckpt_path={ckpt_path}",
-            *overrides,
-        ],
-    )
-    return evaluate(cfg)
-
-
-def run_predict(out: Path, ckpt_path: str, source: Path) -> pd.DataFrame:
-    return predict(compose("predict", [f"ckpt_path={ckpt_path}", f"input={source}", f"output={out}", "num_workers=0"]))
 
 
 def with_thresholds(ckpt_path: str, path: Path, **per_part: float) -> str:

@@ -11,19 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, compose, compose_run, run_module
+from conftest import REPO_ROOT, compose_run, run_evaluate, run_module, run_predict
 from mura_trees import standard_studies, write_tree
 from PIL import Image
 
 from mura_lightning.data.presets import Preprocessing
 from mura_lightning.errors import MuraError
-from mura_lightning.evaluate import evaluate
 from mura_lightning.export import export
 from mura_lightning.inference.aggregate import aggregate_studies
 from mura_lightning.inference.checkpoints import load_classifier
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.inference.tta import TestTimeAugmentation
-from mura_lightning.predict import predict
 from mura_lightning.train import train
 
 TOLERANCE = 1e-5
@@ -35,27 +33,6 @@ def trained(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("inference")
     root = write_tree(tmp, standard_studies())
     return root, train(compose_run(root, tmp / "run", "test=false"))["ckpt_path"]
-
-
-def run_evaluate(out: Path, ckpt_path: str, *overrides: str) -> dict:
-    cfg = compose(
-        "evaluate",
-        [
-            f"paths.root_dir={out}",
-            f"paths.output_dir={out}",
-            "data.num_workers=0",
-            f"ckpt_path={ckpt_path}",
-            *overrides,
-        ],
-    )
-    return evaluate(cfg)
-
-
-def run_predict(out: Path, ckpt_path: str, source: Path, *overrides: str) -> pd.DataFrame:
-    cfg = compose(
-        "predict", [f"ckpt_path={ckpt_path}", f"input={source}", f"output={out}", "num_workers=0", *overrides]
-    )
-    return predict(cfg)
 
 
 @pytest.mark.parametrize("tta", ["none", "hflip_rotate"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose, compose_run, run_module
+from conftest import compose, compose_run, run_evaluate, run_module
 from mura_trees import standard_studies, write_tree
 from rich.console import Console
 
@@ -29,8 +29,7 @@ def scored(tmp_path_factory) -> tuple[Path, dict, dict, Path]:
     root = write_tree(tmp, standard_studies())
     results = train(compose_run(root, tmp / "train", *BOOTSTRAP))
     out = tmp / "evals" / "densenet"
-    overrides = [f"paths.root_dir={tmp}", f"paths.output_dir={out}", "data.num_workers=0", *BOOTSTRAP]
-    values = evaluate(compose("evaluate", [*overrides, f"ckpt_path={results['ckpt_path']}"]))
+    values = run_evaluate(out, results["ckpt_path"], *BOOTSTRAP)
     return tmp / "train" / "run", results, values, out
 
 
