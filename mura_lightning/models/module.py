@@ -169,7 +169,10 @@ class MURAClassifier(LightningModule):
         values = metrics.score(stage, tables, self.decision_thresholds(stage))
         values[f"{stage}/threshold"] = self.decision_threshold(stage)
         if stage == "val" and settings.tune_threshold:
-            self._tune_thresholds(metrics.tables(self.study_aggregation, float(self.temperature)), values)
+            calibrated = settings.calibration == "temperature"
+            self._tune_thresholds(
+                metrics.tables(self.study_aggregation, float(self.temperature)) if calibrated else tables, values
+            )
         if settings.calibration == "temperature":
             values[f"{stage}/temperature"] = float(self.temperature)
         metrics.reset()
