@@ -75,6 +75,10 @@ class PredictionTable:
         frame["label"] = frame["label"].astype("int64")
         return frame
 
+    def to(self, device: torch.device | str) -> PredictionTable:
+        """The table with every tensor on `device`."""
+        return PredictionTable(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
     def select(self, mask: torch.Tensor) -> PredictionTable:
         """The rows where `mask` is true."""
         return PredictionTable(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})

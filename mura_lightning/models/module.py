@@ -46,7 +46,8 @@ class MURAClassifier(LightningModule):
     temperature is fitted on those very predictions, so their calibrated scores would flatter the model.
 
     After each validation and test epoch, `last_metrics[stage]` holds the logged values and
-    `last_predictions[stage]` the image and study prediction tables.
+    `last_predictions[stage]` the image and study prediction tables, on the CPU (figures and files read them
+    there).
     """
 
     def __init__(
@@ -177,7 +178,7 @@ class MURAClassifier(LightningModule):
             values[f"{stage}/temperature"] = float(self.temperature)
         metrics.reset()
         self.last_metrics[stage] = values
-        self.last_predictions[stage] = tables
+        self.last_predictions[stage] = {level: table.to("cpu") for level, table in tables.items()}
         self.log_dict(values, sync_dist=True)
 
     def _tune_thresholds(self, tables: dict[str, PredictionTable], values: dict[str, float]) -> None:
