@@ -11,6 +11,7 @@ from typing import Any
 
 RESULTS_FILE = "results.json"  # a run's final metrics and what they belong to
 ERROR_FILE = "error.txt"  # a failed run's traceback
+PRUNED_FILE = "pruned.txt"  # a search trial stopped early by the pruner: why and at which epoch
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
