@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -104,8 +106,9 @@ def run_description(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     }
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then validate and test the best checkpoint; returns the flat results (also in <run>/results.json)."""
+def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Fit, then validate and test the best checkpoint; returns the flat results (also in <run>/results.json).
+    `extra_callbacks` join the configured ones (a search's pruning callback, say)."""
     if not cfg.train and not cfg.ckpt_path:
         raise MuraError("train=false needs ckpt_path=FILE: the checkpoint to test")
     slurm.record_job(cfg.paths.output_dir)
@@ -114,7 +117,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, preprocessing=model.preprocessing.to_dict(), _convert_="all")
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, **slurm.trainer_options(instantiate_all(cfg.get("callbacks")))
+        cfg.trainer,
+        logger=loggers or False,
+        **slurm.trainer_options([*instantiate_all(cfg.get("callbacks")), *extra_callbacks]),
     )
     if trainer.is_global_zero:
         log_hyperparameters(loggers, cfg)
