@@ -110,3 +110,15 @@ def test_empty_subset_is_an_error(tmp_path):
     root = write_tree(tmp_path, [Study("train", "hand", p, 1, p % 2) for p in range(1, 9)])
     with pytest.raises(MuraDataError, match="the test subset of hand .* is empty"):
         make_datamodule(root, "bodypart=hand", "data.val_fraction=0.3").setup()
+
+
+def test_the_fold_settings_choose_val(mura_root):
+    val_patients = []
+    for fold in (0, 1):
+        datamodule = make_datamodule(mura_root, "bodypart=all", "data.num_folds=2", f"data.fold={fold}")
+        datamodule.setup()
+        table = datamodule.image_table()
+        val_patients.append(set(table.loc[table["subset"] == "val", "patient"]))
+        training = set(table.loc[table["subset"] != "test", "patient"])
+    assert val_patients[0].isdisjoint(val_patients[1])
+    assert val_patients[0] | val_patients[1] == training

@@ -50,9 +50,91 @@ def test_fraction_outside_zero_one_is_an_error(big_frame, fraction):
         assign_subsets(big_frame, fraction, seed=0)
 
 
-def test_fraction_leaving_val_empty_is_an_error(big_frame):
-    with pytest.raises(MuraDataError, match="leaves the train or val subset empty"):
-        assign_subsets(big_frame, 0.001, seed=0)
+def labels_by_part(frame: pd.DataFrame, subsets: pd.Series, subset: str) -> dict[str, set[int]]:
+    """The study labels each body part has in one subset."""
+    rows = frame[subsets == subset]
+    return {part: set(group["label"]) for part, group in rows.groupby("body_part")}
+
+
+def test_a_tiny_fraction_still_puts_both_labels_of_every_part_into_val(big_frame):
+    subsets = assign_subsets(big_frame, 0.001, seed=0)
+    assert labels_by_part(big_frame, subsets, "val") == {part: {0, 1} for part in ("elbow", "hand", "wrist")}
+    assert labels_by_part(big_frame, subsets, "train") == {part: {0, 1} for part in ("elbow", "hand", "wrist")}
+
+
+def train_frame(patients: int) -> pd.DataFrame:
+    """Index-like rows: `patients` training patients with one wrist study each, labels alternating, and one
+    valid study."""
+    rows = [
+        {"split": "train", "patient": f"p{i}", "study": f"s{i}", "body_part": "wrist", "label": i % 2}
+        for i in range(patients)
+    ]
+    rows.append({"split": "valid", "patient": "v", "study": "v", "body_part": "wrist", "label": 0})
+    return pd.DataFrame(rows)
+
+
+def test_a_split_leaving_val_empty_is_an_error():
+    with pytest.raises(MuraDataError, match="data.val_fraction=0.2 over 1 training patients leaves the train or val"):
+        assign_subsets(train_frame(1), 0.2, seed=0)
+
+
+def fold_subsets(frame: pd.DataFrame, num_folds: int, seed: int = 0) -> list[pd.Series]:
+    return [assign_subsets(frame, 0.1, seed, num_folds=num_folds, fold=fold) for fold in range(num_folds)]
+
+
+def test_folds_are_disjoint_by_patient_and_cover_every_training_patient(big_frame):
+    train = big_frame["split"] == "train"
+    folds = fold_subsets(big_frame, 5)
+    val_patients = [set(big_frame.loc[subsets == "val", "patient"]) for subsets in folds]
+    assert sum(len(patients) for patients in val_patients) == len(set().union(*val_patients))
+    assert set().union(*val_patients) == set(big_frame.loc[train, "patient"])
+    for subsets, patients in zip(folds, val_patients, strict=True):
+        assert (subsets[~train] == "test").all()
+        assert set(big_frame.loc[subsets == "train", "patient"]).isdisjoint(patients)
+        assert (subsets.groupby(big_frame["patient"]).nunique() == 1).all()
+
+
+def test_each_stratum_is_spread_over_the_folds_within_one_patient(big_frame):
+    train = big_frame[big_frame["split"] == "train"]
+    fold_of = {}
+    for fold, subsets in enumerate(fold_subsets(big_frame, 4, seed=5)):
+        fold_of.update(dict.fromkeys(big_frame.loc[subsets == "val", "patient"], fold))
+    studies = train.drop_duplicates("study")
+    majority = studies.groupby(["patient", "body_part", "label"]).size().rename("n").reset_index()
+    majority = majority.sort_values(["patient", "n", "body_part", "label"], ascending=[True, False, True, True])
+    patients = majority.drop_duplicates("patient").assign(fold=lambda t: t["patient"].map(fold_of))
+    for _, group in patients.groupby(["body_part", "label"]):
+        sizes = group["fold"].value_counts().reindex(range(4), fill_value=0)
+        assert sizes.max() - sizes.min() <= 1, sizes.to_dict()
+    for subsets in fold_subsets(big_frame, 4, seed=5):
+        assert labels_by_part(big_frame, subsets, "val") == {part: {0, 1} for part in ("elbow", "hand", "wrist")}
+
+
+def test_folds_are_reproducible_by_seed(big_frame):
+    first = fold_subsets(big_frame, 3, seed=1)
+    for a, b in zip(first, fold_subsets(big_frame, 3, seed=1), strict=True):
+        pd.testing.assert_series_equal(a, b)
+    assert not first[0].equals(fold_subsets(big_frame, 3, seed=2)[0])
+
+
+@pytest.mark.parametrize(
+    ("num_folds", "fold", "message"),
+    [
+        (1, 0, "data.num_folds=1: cross-validation needs at least 2 folds"),
+        (5, 5, "data.fold=5 is not a fold of data.num_folds=5: use 0 to 4"),
+        (5, -1, "data.fold=-1 is not a fold of data.num_folds=5: use 0 to 4"),
+        (None, 2, "data.num_folds=None with data.fold=2: cross-validation needs both"),
+        (3, None, "data.num_folds=3 with data.fold=None: cross-validation needs both"),
+    ],
+)
+def test_bad_fold_settings_are_errors(big_frame, num_folds, fold, message):
+    with pytest.raises(MuraDataError, match=message.replace("(", r"\(")):
+        assign_subsets(big_frame, 0.1, seed=0, num_folds=num_folds, fold=fold)
+
+
+def test_more_folds_than_the_smallest_stratum_has_patients_is_an_error():
+    with pytest.raises(MuraDataError, match=r"data.num_folds=4 is more than the 3 training patients of the smallest"):
+        assign_subsets(train_frame(7), 0.1, seed=0, num_folds=4, fold=0)
 
 
 def test_class_counts_match_a_hand_count(big_frame):

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 class MURADataModule(LightningDataModule):
     """MURA for one body part, several, or all: official `train` split by patient into train/val,
-    official `valid` as the test (and predict) set.
+    official `valid` as the test (and predict) set. With `num_folds` K and `fold` i, val is fold i of K
+    patient folds (cross-validation) instead of a `val_fraction` of the patients.
 
     `preprocessing` is the model's (`MURAClassifier.preprocessing`, as a dict): the data follows the model.
     Training images are flipped (`hflip_prob`) and rotated (`rotation_degrees`) by `BatchAugment`.
@@ -53,6 +54,8 @@ class MURADataModule(LightningDataModule):
         cache: bool = False,
         cache_dir: str | None = None,
         gpu_augment: bool = False,
+        num_folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -63,6 +66,8 @@ class MURADataModule(LightningDataModule):
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.persistent_workers = persistent_workers and num_workers > 0
         self.val_fraction = val_fraction
+        self.num_folds = num_folds
+        self.fold = fold
         self.seed = seed
         self.balanced_sampler = balanced_sampler
         self.on_error = on_error
@@ -98,7 +103,7 @@ class MURADataModule(LightningDataModule):
         if self.frame is not None:
             return
         frame = self._selected_frame()
-        frame["subset"] = assign_subsets(frame, self.val_fraction, self.seed)
+        frame["subset"] = assign_subsets(frame, self.val_fraction, self.seed, num_folds=self.num_folds, fold=self.fold)
         self.frame = frame
         cache = self._image_cache(frame) if self.cache_dir is not None else None
         for subset in ("train", "val", "test"):
