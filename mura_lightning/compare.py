@@ -1,5 +1,5 @@
 """`python -m mura_lightning.compare a=DIR b=DIR [output=DIR]` (or `runs=[A,B,C] reference=A`): is model B better
-than model A? A paired comparison on the same test studies, read from each folder's `predictions_studies.csv`
+than model A? A paired comparison on the same test studies, read from each folder's `predictions_test.csv`
 (a training run or an evaluate output).
 
 For each body part and overall, and each metric of `metrics` (kappa, AUROC, sensitivity, specificity): A's and
@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import (
-    COLUMNS,
     METRICS,
     OVERALL,
     BootstrapSettings,
@@ -32,7 +31,7 @@ from mura_lightning.evaluation.bootstrap import (
     paired_intervals,
 )
 from mura_lightning.evaluation.delong import delong_test
-from mura_lightning.evaluation.outputs import STUDY_FILE
+from mura_lightning.evaluation.outputs import read_study_predictions
 from mura_lightning.io import write_atomically, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -43,31 +42,6 @@ DECIMALS = 3
 FIGURE_DPI = 120
 PANEL_SIZE = (3.2, 0.32)  # inches: width of a metric's panel, height of a row
 SIGNIFICANT_COLOR, PLAIN_COLOR = "tab:red", "tab:gray"
-
-
-def load_predictions(folder: str | Path) -> pd.DataFrame:
-    """The study predictions of a run or evaluate folder (`predictions_studies.csv`), checked: the columns
-    study, patient, body_part, label, prob, pred and one row per study."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise MuraError(f"{folder} is not a folder: give a training run or an evaluate output folder")
-    path = folder / STUDY_FILE
-    if not path.is_file():
-        raise MuraError(
-            f"{path} does not exist: `python -m mura_lightning.evaluate ckpt_path=...` or a training run with a test "
-            "writes it"
-        )
-    try:
-        frame = pd.read_csv(path, dtype={"study": str, "patient": str, "body_part": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise MuraError(f"{path} cannot be read as a CSV: {err}") from err
-    missing = [column for column in ("study", *COLUMNS) if column not in frame.columns]
-    if missing:
-        raise MuraError(f"{path} lacks the columns {missing}; it needs study, {', '.join(COLUMNS)}")
-    repeated = frame["study"][frame["study"].duplicated()]
-    if len(repeated):
-        raise MuraError(f"{path} lists {len(repeated)} studies twice, e.g. {repeated.iloc[0]}")
-    return frame
 
 
 def _first(values) -> str:
@@ -233,7 +207,7 @@ def compare(cfg: DictConfig) -> pd.DataFrame:
     if unknown or not metrics:
         raise MuraError(f"compared_metrics={metrics} must be some of {', '.join(METRICS)}")
     runs, reference = run_folders(cfg)
-    frames = {run: load_predictions(run) for run in runs}
+    frames = {run: read_study_predictions(run) for run in runs}
     tables = [
         compare_pair(frames[reference], frames[run], (reference, run), settings, metrics)
         for run in runs

@@ -22,7 +22,7 @@ from mura_lightning.config import instantiate, instantiate_all
 from mura_lightning.data.index import resolve_body_parts
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
-from mura_lightning.evaluation.outputs import write_scored_test
+from mura_lightning.evaluation.outputs import write_predictions, write_scored_test
 from mura_lightning.hydra_ddp import distributed_job
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
 from mura_lightning.metrics import LEVELS
@@ -107,7 +107,8 @@ def run_description(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Fit, then validate and test the best checkpoint; returns the flat results (also in <run>/results.json).
+    """Fit, then validate and test the best checkpoint; returns the flat results (also in <run>/results.json) and
+    writes its predictions (predictions_val.csv, out-of-fold in cross-validation, and predictions_test.csv).
     `extra_callbacks` join the configured ones (a search's pruning callback, say)."""
     if not cfg.train and not cfg.ckpt_path:
         raise MuraError("train=false needs ckpt_path=FILE: the checkpoint to test")
@@ -135,20 +136,21 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
             results.update(values)
     results.update(run_description(cfg, ckpt_path))
     if trainer.is_global_zero:
+        out, rows = Path(cfg.paths.output_dir), datamodule.image_table()
+        write_predictions(out, model.last_predictions["val"], rows, model.decision_thresholds("val"), "val")
         if cfg.test:
-            results = write_test_outputs(cfg, model, datamodule, results)
+            results = write_test_outputs(cfg, model, rows, results)
         print_metrics_table(results, "test" if cfg.test else "val")
         path = write_json_atomic(Path(cfg.paths.output_dir) / RESULTS_FILE, results)
         log.info("results: %s", path)
     return results
 
 
-def write_test_outputs(cfg: DictConfig, model: MURAClassifier, datamodule, results: dict[str, Any]) -> dict[str, Any]:
-    """The final test's prediction files and per-body-part tables in the run folder; the results with the
-    patient-bootstrap intervals of the study-level metrics added."""
+def write_test_outputs(cfg: DictConfig, model: MURAClassifier, rows, results: dict[str, Any]) -> dict[str, Any]:
+    """The final test's prediction file and per-body-part tables in the run folder (`rows`: the datamodule's
+    image table); the results with the patient-bootstrap intervals of the study-level metrics added."""
     settings = BootstrapSettings.from_config(model.metric_settings.bootstrap)
     tables, threshold = model.last_predictions["test"], model.decision_thresholds("test")
-    rows = datamodule.image_table()
     results, _ = write_scored_test(Path(cfg.paths.output_dir), results, tables, rows, threshold, settings, "test")
     return results
 

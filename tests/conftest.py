@@ -109,3 +109,11 @@ def tiny_run_overrides(root: Path, out: Path) -> list[str]:
 def compose_run(root: Path, out: Path, *overrides: str):
     """The train config for a tiny CPU run on `root`, writing into `out`/run."""
     return compose("train", [*tiny_run_overrides(root, out), *overrides])
+
+
+def read_predictions(folder: Path, level: str, stage: str = "test"):
+    """The `level` (image or study) rows of a run or evaluate folder's prediction file for `stage`."""
+    import pandas as pd
+
+    table = pd.read_csv(folder / f"predictions_{stage}.csv", dtype={"patient": str})
+    return table[table["level"] == level].drop(columns="level").reset_index(drop=True)

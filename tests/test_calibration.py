@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, compose_run, run_evaluate, run_predict
+from conftest import REPO_ROOT, compose_run, read_predictions, run_evaluate, run_predict
 from mura_trees import standard_studies, write_tree
 
 from mura_lightning.data.index import BODY_PARTS
@@ -49,7 +49,7 @@ def test_the_checkpoint_carries_its_temperature_and_evaluate_applies_it(trained,
     temperature = float(classifier.temperature)
     assert temperature != pytest.approx(1.0)
     run_evaluate(tmp_path / "eval", ckpt)
-    evaluated = pd.read_csv(tmp_path / "eval/predictions_images.csv")
+    evaluated = read_predictions(tmp_path / "eval", "image")
     model = InferenceModel.from_checkpoints(ckpt)
     batch = torch.stack([model.preprocess(path) for path in evaluated["path"]])
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_evaluate_predict_and_export_decide_each_part_at_its_threshold(trained, 
     values = run_evaluate(tmp_path / "eval", ckpt)
     table = pd.read_csv(tmp_path / "eval/metrics_by_bodypart.csv", index_col="body_part")
     assert table.loc["shoulder", "threshold"] == 0.0 and table.loc["wrist", "threshold"] == 1.0
-    studies = pd.read_csv(tmp_path / "eval/predictions_studies.csv")
+    studies = read_predictions(tmp_path / "eval", "study")
     assert (studies.loc[studies["body_part"] == "shoulder", "pred"] == 1).all()
     assert (studies.loc[studies["body_part"] == "wrist", "pred"] == 0).all()
     assert values["thresholds"]["wrist"] == 1.0

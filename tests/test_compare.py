@@ -13,10 +13,12 @@ from PIL import Image
 from mura_lightning.compare import COMPARE_CSV, COMPARE_MD, COMPARE_PNG, compare
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.delong import delong_test
-from mura_lightning.evaluation.outputs import STUDY_FILE
+from mura_lightning.evaluation.outputs import predictions_file
 
 PARTS = {"hand": 40, "shoulder": 40}
 SAMPLES = "metrics.bootstrap.samples=200"
+
+TEST_FILE = predictions_file("test")
 
 
 def study_predictions(seed: int = 0) -> pd.DataFrame:
@@ -45,7 +47,8 @@ def better_model(frame: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
 
 def write_run(folder, frame: pd.DataFrame):
     folder.mkdir(parents=True, exist_ok=True)
-    frame.sample(frac=1.0, random_state=0).to_csv(folder / STUDY_FILE, index=False)  # another row order
+    rows = frame.assign(level="study", path=frame["study"])
+    rows.sample(frac=1.0, random_state=0).to_csv(folder / TEST_FILE, index=False)  # another row order
     return folder
 
 
@@ -74,7 +77,7 @@ def test_compare_end_to_end_writes_the_table_the_markdown_and_the_forest_plot(ru
     assert rows.loc[("hand", "auroc"), "p_delong"] == 1.0 and rows.loc[("hand", "kappa"), "p_bootstrap"] == 1.0
     assert rows.xs("kappa", level="metric")["p_delong"].isna().all()
     # the values are the models' own: A from a's file, B from b's, aligned by study
-    a, b = (pd.read_csv(run / STUDY_FILE) for run in runs)
+    a, b = (pd.read_csv(run / TEST_FILE) for run in runs)
     shoulder_a, shoulder_b = a[a["body_part"] == "shoulder"], b[b["body_part"] == "shoulder"]
     delong = delong_test(
         shoulder_a.sort_values("study")["label"].to_numpy(),
@@ -130,7 +133,7 @@ def test_a_missing_predictions_file_names_the_path_and_the_command(tmp_path):
     assert finished.returncode == 2
     errors = [line for line in finished.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in finished.stderr
-    assert f"{tmp_path / 'b' / STUDY_FILE} does not exist" in errors[0]
+    assert f"{tmp_path / 'b' / TEST_FILE} does not exist" in errors[0]
     assert "python -m mura_lightning.evaluate ckpt_path=" in errors[0] and "training run" in errors[0]
 
 
@@ -156,7 +159,7 @@ def test_bad_settings_are_clear_errors(tmp_path, overrides, message):
 def test_a_predictions_file_without_the_needed_columns_is_refused(tmp_path):
     a = write_run(tmp_path / "a", study_predictions())
     b = write_run(tmp_path / "b", study_predictions().drop(columns=["patient"]))
-    with pytest.raises(MuraError, match=r"predictions_studies.csv lacks the columns \['patient'\]"):
+    with pytest.raises(MuraError, match=r"predictions_test.csv lacks the columns \['patient'\]"):
         run_compare(tmp_path, f"a={a}", f"b={b}")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import compose, run_module
+from conftest import compose, read_predictions, run_module
 from torch.nn import functional as F
 
 DEVICE_VARIABLE = "MURA_GPU_TEST_DEVICE"
@@ -134,7 +134,7 @@ def cli_arguments(tool: str, device: str, checkpoint: str, root: Path, folder: P
 def cli_probabilities(tool: str, folder: Path) -> pd.Series:
     """Image probabilities (indexed by body part/patient/study/image) that `evaluate` or `predict` wrote."""
     if tool == "evaluate":
-        table = pd.read_csv(folder / "predictions_images.csv")
+        table = read_predictions(folder, "image")
     else:
         table = pd.read_csv(folder / "predictions.csv")
         table = table[table["level"] == "image"]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, compose_run, run_evaluate, run_module, run_predict
+from conftest import REPO_ROOT, compose_run, read_predictions, run_evaluate, run_module, run_predict
 from mura_trees import standard_studies, write_tree
 from PIL import Image
 
@@ -39,7 +39,7 @@ def trained(tmp_path_factory) -> tuple[Path, str]:
 def test_evaluate_predict_hub_and_export_give_the_same_probabilities(trained, tmp_path, tta):
     root, ckpt = trained
     run_evaluate(tmp_path / "eval", ckpt, f"tta={tta}")
-    evaluated = pd.read_csv(tmp_path / "eval/predictions_images.csv").set_index("path")["prob"]
+    evaluated = read_predictions(tmp_path / "eval", "image").set_index("path")["prob"]
     paths = list(evaluated.index)
 
     table = run_predict(tmp_path / "pred", ckpt, root / "valid", f"tta={tta}")
@@ -142,7 +142,7 @@ def test_evaluate_skips_unreadable_images_even_when_a_whole_batch_is_unreadable(
     root, broken = tree_with_a_broken_image(tmp_path / "tree")
     values = run_evaluate(tmp_path / "eval", trained[1], f"data.root={root}", "data.on_error=skip", "data.batch_size=1")
     assert values["unreadable_images"] == 1
-    images = pd.read_csv(tmp_path / "eval/predictions_images.csv")
+    images = read_predictions(tmp_path / "eval", "image")
     assert broken not in set(images["path"]) and len(images) == len(list((root / "valid").rglob("*.png"))) - 1
     with pytest.raises(
         MuraError, match=f"(?s)1 images could not be read:\n  cannot decode image {broken}.*on_error=skip"

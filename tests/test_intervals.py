@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose, compose_run, run_evaluate, run_module
+from conftest import compose, compose_run, read_predictions, run_evaluate, run_module
 from mura_trees import standard_studies, write_tree
 from rich.console import Console
 
 from mura_lightning.evaluate import evaluate
 from mura_lightning.evaluation.bootstrap import BootstrapSettings, intervals
-from mura_lightning.evaluation.outputs import STUDY_COLUMNS
+from mura_lightning.evaluation.outputs import PREDICTION_COLUMNS
 from mura_lightning.report import print_metrics_table
 from mura_lightning.summarize import summarize
 from mura_lightning.train import train
@@ -35,17 +35,17 @@ def scored(tmp_path_factory) -> tuple[Path, dict, dict, Path]:
 
 def test_training_and_evaluate_write_the_same_prediction_files(scored):
     run_dir, _, _, out = scored
-    for name in ("predictions_studies.csv", "predictions_images.csv"):
-        trained, evaluated = pd.read_csv(run_dir / name), pd.read_csv(out / name)
-        pd.testing.assert_frame_equal(trained, evaluated, atol=1e-6, check_exact=False)
-    assert list(pd.read_csv(out / "predictions_studies.csv").columns) == STUDY_COLUMNS
+    trained, evaluated = pd.read_csv(run_dir / "predictions_test.csv"), pd.read_csv(out / "predictions_test.csv")
+    pd.testing.assert_frame_equal(trained, evaluated, atol=1e-6, check_exact=False)
+    assert list(evaluated.columns) == PREDICTION_COLUMNS
+    assert set(evaluated["level"]) == {"image", "study"}
 
 
 @pytest.mark.parametrize("source", ["train", "evaluate"])
 def test_results_and_tables_carry_the_bootstrap_bounds(scored, source):
     run_dir, results, values, out = scored
     folder, numbers = (run_dir, results) if source == "train" else (out, values)
-    studies = pd.read_csv(folder / "predictions_studies.csv")
+    studies = read_predictions(folder, "study")
     expected = intervals(studies, samples=300, confidence=0.95, seed=3)
     saved = json.loads((folder / "results.json").read_text())
     for part in ("shoulder", "wrist", "overall"):

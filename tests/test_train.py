@@ -13,7 +13,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import REPO_ROOT, compose, compose_run, run_module, tiny_run_overrides
+from conftest import REPO_ROOT, compose, compose_run, read_predictions, run_module, tiny_run_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -270,3 +270,25 @@ def test_a_sweep_runs_under_the_submitit_launcher(mura_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [job for job in job_dirs(sweep) if not job.name.startswith(".")]
     assert [read_results(job)["body_parts"] for job in jobs] == [["shoulder"], ["wrist"]]
+
+
+def test_experiment_cv_runs_one_job_per_fold_each_keeping_its_out_of_fold_predictions(mura_root, tmp_path):
+    from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+    result, sweep = multirun(mura_root, tmp_path, "experiment=cv", "data.num_folds=2", "bodypart=[shoulder,wrist]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2
+    val_studies = []
+    for fold, job in enumerate(jobs):
+        assert f"data.fold={fold}" in OmegaConf.load(job / ".hydra" / "overrides.yaml")
+        results = read_results(job)
+        studies = read_predictions(job, "study", "val")
+        assert read_predictions(job, "study", "test")["study"].str.startswith("valid/").all()
+        assert roc_auc_score(studies["label"], studies["prob"]) == pytest.approx(results["val/study/auroc"], abs=1e-6)
+        kappa = cohen_kappa_score(studies["label"], studies["pred"])
+        assert kappa == pytest.approx(results["val/study/kappa"], abs=1e-6)
+        val_studies.append(set(studies["study"]))
+    assert val_studies[0].isdisjoint(val_studies[1])
+    train_studies = {path.parent.relative_to(mura_root).as_posix() for path in mura_root.glob("train/*/*/*/*.png")}
+    assert val_studies[0] | val_studies[1] == train_studies
