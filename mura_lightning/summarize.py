@@ -2,7 +2,10 @@
 
 Reads every job folder of a multirun folder (`outputs/multirun/<date>_<time>/`) and writes `summary.csv` and
 `summary.md` (one row per job, failed and unfinished ones included), `summary_pivot.csv` (the chosen metric by
-backbone x body part) and `summary.png` (the same as a grouped bar chart), and prints the tables.
+backbone x body part) and `summary.png` (the same as a grouped bar chart), and prints the tables. When jobs repeat
+a setting over `data.fold` and/or `seed` (cross-validation, seeds), it also writes one row per repeat group
+(`summary_groups.csv` and in summary.md: mean ± sd over the finished repeats, pooled out-of-fold metrics with
+patient-bootstrap intervals), `summary_repeats.csv` (mean and sd of every metric) and `summary_pooled.csv`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from rich.text import Text
 from mura_lightning import slurm
 from mura_lightning.data.index import BODY_PARTS, resolve_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_atomically, write_text_atomic
+from mura_lightning.repeats import has_repeats, repeat_groups, repeat_tables
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,9 @@ TABLE_METRICS = {  # metric -> short header in summary.md and the terminal
 TERMINAL_METRICS = ("val/study/kappa", "test/study/kappa", "test/study/auroc")  # the rest is in summary.md
 OK, FAILED, UNFINISHED = "ok", "failed", "unfinished"
 SUMMARY_CSV, SUMMARY_MD, PIVOT_CSV, CHART = "summary.csv", "summary.md", "summary_pivot.csv", "summary.png"
+GROUPS_CSV, REPEATS_CSV, POOLED_CSV = "summary_groups.csv", "summary_repeats.csv", "summary_pooled.csv"
+GROUP_METRICS = ("val/study/kappa", "test/study/kappa", "test/study/auroc")  # mean ± sd over a group's repeats
+POOLED_METRICS = {"kappa": "pooled val kappa", "auroc": "pooled val AUROC"}  # of the pooled val predictions
 UNKNOWN = "unknown"
 ALL_PARTS = "all"
 HYDRA_DIR = ".hydra"
@@ -145,6 +153,7 @@ def read_job(folder: Path) -> dict[str, Any]:
     backbone, parts = job_setup(folder, results)
     return {
         "job": folder.name,
+        "folder": folder,
         "backbone": backbone,
         "body_part": body_part_label(parts),
         "overrides": read_overrides(folder),
@@ -254,12 +263,23 @@ def status_counts(frame: pd.DataFrame) -> str:
     return f"{len(frame)} jobs: {parts}"
 
 
-def markdown_report(sweep_dir: Path, frame: pd.DataFrame, pivot: pd.DataFrame, shared: list[str], metric: str) -> str:
-    """summary.md: the job table, the overrides common to all jobs, the pivot table and the chart."""
+def markdown_report(
+    sweep_dir: Path, frame: pd.DataFrame, pivot: pd.DataFrame, shared: list[str], metric: str, groups: pd.DataFrame
+) -> str:
+    """summary.md: the repeat groups (when jobs repeat a setting), the job table, the overrides common to all
+    jobs, the pivot table and the chart."""
     pivot_text = markdown_table(pivot.reset_index()) if not pivot.empty else f"No finished job has {metric}."
     shared_text = " ".join(f"`{override}`" for override in shared) or "none"
+    groups_text = (
+        "## Repeat groups\n\nJobs that differ only in `data.fold` and/or `seed`: the mean ± standard deviation over "
+        "the finished repeats; the pooled val metrics score all of a group's validation predictions together (in "
+        "cross-validation every training study once, out of fold), with 95 % patient-bootstrap intervals. Failed "
+        f"and unfinished members are listed under left out, not averaged.\n\n{markdown_table(groups)}\n\n"
+        if not groups.empty
+        else ""
+    )
     return (
-        f"# Sweep {sweep_dir.name}\n\n{status_counts(frame)}.\n\n## Jobs\n\n{markdown_table(frame)}\n\n"
+        f"# Sweep {sweep_dir.name}\n\n{status_counts(frame)}.\n\n{groups_text}## Jobs\n\n{markdown_table(frame)}\n\n"
         f"Overrides common to every job: {shared_text}\n\n"
         f"## {metric} by backbone and body part\n\nFinished jobs only; the mean where several jobs share a cell.\n\n"
         f"{pivot_text}\n\n![{metric}]({CHART})\n"
@@ -311,33 +331,56 @@ def rich_table(frame: pd.DataFrame, title: str, shrink: tuple[str, ...] = ()) ->
     return table
 
 
-def summarize(sweep_dir: str | Path, metric: str = DEFAULT_METRIC, output: str | Path | None = None) -> dict:
-    """Summarise a multirun folder into summary.csv, summary.md, summary_pivot.csv and summary.png (in
-    `output`, by default the folder itself); returns the paths written and the two tables."""
+def summarize(
+    sweep_dir: str | Path,
+    metric: str = DEFAULT_METRIC,
+    output: str | Path | None = None,
+    bootstrap: BootstrapSettings | None = None,
+) -> dict:
+    """Summarise a multirun folder into summary.csv, summary.md, summary_pivot.csv and summary.png, and with
+    repeat groups summary_groups.csv, summary_repeats.csv and summary_pooled.csv (in `output`, by default the
+    folder itself; the pooled intervals drawn with `bootstrap`, default 2000 resamples); returns the paths
+    written and the tables."""
     sweep_dir = Path(sweep_dir).expanduser()
     jobs = [read_job(folder) for folder in job_folders(sweep_dir)]
     check_metric(metric, jobs)
     frame = summary_frame(jobs, metric)
     pivot = pivot_frame(frame, metric)
+    groups = repeat_groups(jobs)
+    metrics = list(dict.fromkeys([*GROUP_METRICS, metric]))
+    repeats = (
+        repeat_tables(groups, metrics, POOLED_METRICS, bootstrap or BootstrapSettings(), DECIMALS)
+        if has_repeats(groups)
+        else {"groups": pd.DataFrame()}
+    )
     out = Path(output).expanduser() if output is not None else sweep_dir
     figure = chart(frame, metric)
+    report = markdown_report(sweep_dir, frame, pivot, common_overrides(jobs), metric, repeats["groups"])
     paths = {
         "csv": write_text_atomic(out / SUMMARY_CSV, frame.to_csv(index=False)),
-        "markdown": write_text_atomic(
-            out / SUMMARY_MD, markdown_report(sweep_dir, frame, pivot, common_overrides(jobs), metric)
-        ),
+        "markdown": write_text_atomic(out / SUMMARY_MD, report),
         "pivot": write_text_atomic(out / PIVOT_CSV, pivot.to_csv()),
         "chart": write_atomically(out / CHART, lambda tmp: figure.savefig(tmp, format="png", dpi=CHART_DPI)),
     }
-    return {"paths": paths, "summary": frame, "pivot": pivot}
+    if has_repeats(groups):
+        paths["groups"] = write_text_atomic(out / GROUPS_CSV, repeats["groups"].to_csv(index=False))
+        paths["repeats"] = write_text_atomic(out / REPEATS_CSV, repeats["statistics"].to_csv(index=False))
+        paths["pooled"] = write_text_atomic(out / POOLED_CSV, repeats["pooled"].to_csv(index=False))
+    return {"paths": paths, "summary": frame, "pivot": pivot, **{f"repeat_{k}": v for k, v in repeats.items()}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line: DIR, --metric, --output."""
+    """The command line: DIR, --metric, --output, --bootstrap-samples."""
     parser = argparse.ArgumentParser(prog="python -m mura_lightning.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="a multirun folder, e.g. outputs/multirun/<date>_<time>/")
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"metric of the pivot and chart ({DEFAULT_METRIC})")
     parser.add_argument("--output", type=Path, default=None, help="where to write the summary files (default: DIR)")
+    parser.add_argument(
+        "--bootstrap-samples",
+        type=int,
+        default=BootstrapSettings.samples,
+        help=f"patient resamples of the pooled intervals ({BootstrapSettings.samples})",
+    )
     return parser.parse_args(argv)
 
 
@@ -359,6 +402,14 @@ def print_summary(frame: pd.DataFrame, pivot: pd.DataFrame, title: str, metric: 
         console.print(rich_table(pivot.reset_index(), f"{metric} by backbone and body part"))
 
 
+def print_groups(groups: pd.DataFrame, title: str, metric: str, console: Console) -> None:
+    """Print the repeat groups: each group's repeats, `metric` as mean ± sd and the pooled val kappa with its
+    interval (summary.md has every column)."""
+    columns = ["group", "repeats", metric, POOLED_METRICS["kappa"], "left out"]
+    table_title = f"{title}: repeat groups (mean ± sd over finished repeats; pooled val, 95 % interval)"
+    console.print(rich_table(groups[columns], table_title, shrink=("group", "left out")))
+
+
 def _other_overrides(overrides: str) -> str:
     """The overrides but those the backbone and body part columns already show."""
     return " ".join(item for item in overrides.split(" ") if not item.startswith(SHOWN_OVERRIDES))
@@ -374,8 +425,11 @@ def main(argv: list[str] | None = None) -> None:
     """Summarise the sweep, print its tables and say where the files are."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    summary = summarize(args.dir, args.metric, args.output)
-    print_summary(summary["summary"], summary["pivot"], args.dir.name, args.metric, Console())
+    summary = summarize(args.dir, args.metric, args.output, BootstrapSettings(samples=args.bootstrap_samples))
+    console = Console()
+    if not summary["repeat_groups"].empty:
+        print_groups(summary["repeat_groups"], args.dir.name, args.metric, console)
+    print_summary(summary["summary"], summary["pivot"], args.dir.name, args.metric, console)
     log.info("wrote %s", ", ".join(str(path) for path in summary["paths"].values()))
 
 

@@ -189,6 +189,7 @@ def test_output_folder_keeps_the_sweep_untouched(sweep, tmp_path):
     summarize(sweep, output=tmp_path / "tables")
     assert sorted(path.name for path in sweep.iterdir()) == before
     names = {"summary.csv", "summary.md", "summary_pivot.csv", "summary.png"}
+    names |= {"summary_groups.csv", "summary_repeats.csv", "summary_pooled.csv"}  # jobs 0 and 4 repeat over seed
     assert {path.name for path in (tmp_path / "tables").iterdir()} == names
 
 
@@ -199,7 +200,11 @@ def test_terminal_shows_jobs_errors_and_pivot(sweep, capsys, monkeypatch):
     assert "6 jobs: 4 ok, 1 failed, 1 unfinished" in out
     assert "job 3 failed: mura_lightning.errors.MuraError: data.val_fraction=1.5" in out
     assert "unfinished" in out and "hand+wrist" in out
-    assert "bodypart=[hand,wrist]" not in out, "the body part column shows it, the overrides column leaves it out"
+    jobs_table = out[out.index("6 jobs:") :]
+    assert "bodypart=[hand,wrist]" not in jobs_table, (
+        "the body part column shows it, the overrides column leaves it out"
+    )
+    assert "repeat groups" in out and "model=densenet169 bodypart=shoulder" in out
     assert "test/study/kappa by backbone and body part" in out
     assert (sweep / "summary.csv").is_file()
 
