@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose, compose_run, run_module
+from conftest import compose, compose_run, read_predictions, run_module
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluate import evaluate
+from mura_lightning.evaluation.outputs import PREDICTION_COLUMNS
 from mura_lightning.inference.checkpoints import CheckpointError, load_classifier
 from mura_lightning.metrics import METRIC_NAMES
 from mura_lightning.predict import predict
@@ -53,10 +54,10 @@ def test_evaluate_reproduces_the_training_runs_test_metrics(trained, tmp_path):
     table = pd.read_csv(out / "metrics_by_bodypart.csv", index_col="body_part")
     assert list(table.index) == ["shoulder", "wrist", "overall"]
     assert {"kappa", "auroc", "accuracy", "sensitivity", "specificity", "f1_abnormal", "f1_normal"} <= set(table)
-    images = pd.read_csv(out / "predictions_images.csv")
-    assert list(images.columns) == ["path", "patient", "body_part", "study", "label", "prob"]
-    studies = pd.read_csv(out / "predictions_studies.csv")
-    assert list(studies.columns) == ["study", "patient", "body_part", "label", "prob", "pred"]
+    images = read_predictions(out, "image")
+    studies = read_predictions(out, "study")
+    assert list(pd.read_csv(out / "predictions_test.csv").columns) == PREDICTION_COLUMNS
+    assert (studies["path"] == studies["study"]).all()
     expected = images.groupby("study")["prob"].mean()
     np.testing.assert_allclose(studies.set_index("study")["prob"].loc[expected.index], expected, atol=1e-6)
     for figure in ("confusion_matrix.png", "roc.png"):
@@ -79,9 +80,9 @@ def test_an_ensemble_averages_image_probabilities(trained, tmp_path):
     singles = []
     for name, results in (("a", densenet), ("b", resnet)):
         _, out = run_evaluate(tmp_path / name, f"ckpt_path={results['ckpt_path']}")
-        singles.append(pd.read_csv(out / "predictions_images.csv").set_index("path")["prob"])
+        singles.append(read_predictions(out, "image").set_index("path")["prob"])
     values, out = run_evaluate(tmp_path / "both", f"ckpt_path=[{densenet['ckpt_path']},{resnet['ckpt_path']}]")
-    both = pd.read_csv(out / "predictions_images.csv").set_index("path")["prob"]
+    both = read_predictions(out, "image").set_index("path")["prob"]
     np.testing.assert_allclose(
         both.loc[singles[0].index], (singles[0] + singles[1].loc[singles[0].index]) / 2, atol=1e-6
     )
@@ -89,11 +90,32 @@ def test_an_ensemble_averages_image_probabilities(trained, tmp_path):
     assert values["ckpt_paths"] == [densenet["ckpt_path"], resnet["ckpt_path"]]
 
 
+def test_a_sweep_folder_or_a_glob_is_the_ensemble_of_its_best_checkpoints(trained, tmp_path):
+    _, densenet, resnet = trained
+    sweep = Path(densenet["run_dir"]).parent.parent
+    expected = [densenet["ckpt_path"], resnet["ckpt_path"]]
+    listed, _ = run_evaluate(tmp_path / "list", f"ckpt_path=[{','.join(expected)}]")
+    for name, value in (("folder", sweep), ("glob", f"'{sweep}/*/run/checkpoints/best*.ckpt'")):
+        values, out = run_evaluate(tmp_path / name, f"ckpt_path={value}")
+        assert values["ckpt_paths"] == expected, name
+        assert json.loads((out / "results.json").read_text())["ckpt_paths"] == expected
+        assert values["test/study/auroc"] == pytest.approx(listed["test/study/auroc"], abs=1e-6)
+
+
+def test_a_folder_without_checkpoints_or_a_glob_matching_nothing_says_what_it_looked_for(tmp_path):
+    (tmp_path / "empty").mkdir()
+    message = r"is a folder without best checkpoints \(\*\*/checkpoints/best\*.ckpt under it\)"
+    with pytest.raises(CheckpointError, match=message):
+        run_evaluate(tmp_path, f"ckpt_path={tmp_path / 'empty'}")
+    with pytest.raises(CheckpointError, match=f"ckpt_path={tmp_path}/nothing/\\*.ckpt matches no file"):
+        run_evaluate(tmp_path, f"ckpt_path='{tmp_path}/nothing/*.ckpt'")
+
+
 def test_evaluating_one_body_part(trained, tmp_path):
     _, results, _ = trained
     values, out = run_evaluate(tmp_path, f"ckpt_path={results['ckpt_path']}", "bodypart=wrist")
     assert values["body_parts"] == ["wrist"]
-    assert set(pd.read_csv(out / "predictions_studies.csv")["body_part"]) == {"wrist"}
+    assert set(read_predictions(out, "study")["body_part"]) == {"wrist"}
 
 
 def damaged_copies(ckpt_path, tmp_path):
@@ -148,7 +170,7 @@ def reference_probs(trained, tmp_path_factory):
     """Image probabilities of the DenseNet checkpoint on the valid split, as evaluate computes them."""
     tmp = tmp_path_factory.mktemp("reference")
     _, out = run_evaluate(tmp, f"ckpt_path={trained[1]['ckpt_path']}")
-    return pd.read_csv(out / "predictions_images.csv").set_index("path")["prob"]
+    return read_predictions(out, "image").set_index("path")["prob"]
 
 
 def image_rows(table):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 from mura_lightning.errors import MuraError
 from mura_lightning.models.backbones import state_dict_mismatch
 from mura_lightning.models.module import MURAClassifier, fill_missing_buffers
+
+BEST_CHECKPOINTS = "**/checkpoints/best*.ckpt"  # what a run keeps as its best (conf/callbacks: model_checkpoint)
 
 
 class CheckpointError(MuraError):
@@ -71,11 +74,32 @@ def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint_paths(value: Any) -> list[str]:
-    """`ckpt_path` as a list: one path, or several for an ensemble."""
-    paths = [value] if isinstance(value, (str, Path)) else list(value or [])
-    if not paths:
-        raise CheckpointError("ckpt_path names no checkpoint: pass ckpt_path=FILE or ckpt_path=[FILE,FILE,...]")
-    return [str(path) for path in paths]
+    """`ckpt_path` as a list of checkpoint files: one file; a list (an ensemble); a folder, standing for every
+    best checkpoint under it (BEST_CHECKPOINTS: a sweep's fold models, say); or a glob pattern. Each entry of a
+    list may be any of these."""
+    entries = [value] if isinstance(value, (str, Path)) else list(value or [])
+    if not entries:
+        raise CheckpointError("ckpt_path names no checkpoint: pass ckpt_path=FILE, a sweep folder or [FILE,FILE,...]")
+    return [path for entry in entries for path in _expand(str(entry))]
+
+
+def _expand(entry: str) -> list[str]:
+    """The checkpoint files one `ckpt_path` entry stands for (see checkpoint_paths)."""
+    path = Path(entry).expanduser()
+    if path.is_dir():
+        found = sorted(str(file) for file in path.glob(BEST_CHECKPOINTS))
+        if not found:
+            raise CheckpointError(
+                f"ckpt_path={entry} is a folder without best checkpoints ({BEST_CHECKPOINTS} under it); pass a run "
+                "or sweep folder whose runs finished an epoch, or a .ckpt file"
+            )
+        return found
+    if glob.has_magic(entry):
+        found = sorted(glob.glob(str(path), recursive=True))
+        if not found:
+            raise CheckpointError(f"ckpt_path={entry} matches no file")
+        return found
+    return [entry]
 
 
 def datamodule_settings(path: str | Path) -> dict[str, Any]:
