@@ -33,7 +33,7 @@ from mura_lightning import slurm
 from mura_lightning.data.index import BODY_PARTS, resolve_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
-from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_atomically, write_text_atomic
+from mura_lightning.io import ERROR_FILE, PRUNED_FILE, RESULTS_FILE, write_atomically, write_text_atomic
 from mura_lightning.repeats import has_repeats, repeat_groups, repeat_tables
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ TABLE_METRICS = {  # metric -> short header in summary.md and the terminal
     "test/study/auroc": "AUROC",
 }
 TERMINAL_METRICS = ("val/study/kappa", "test/study/kappa", "test/study/auroc")  # the rest is in summary.md
-OK, FAILED, UNFINISHED = "ok", "failed", "unfinished"
+OK, FAILED, PRUNED, UNFINISHED = "ok", "failed", "pruned", "unfinished"
 SUMMARY_CSV, SUMMARY_MD, PIVOT_CSV, CHART = "summary.csv", "summary.md", "summary_pivot.csv", "summary.png"
 GROUPS_CSV, REPEATS_CSV, POOLED_CSV = "summary_groups.csv", "summary_repeats.csv", "summary_pooled.csv"
 GROUP_METRICS = ("val/study/kappa", "test/study/kappa", "test/study/auroc")  # mean ± sd over a group's repeats
@@ -146,6 +146,8 @@ def read_job(folder: Path) -> dict[str, Any]:
         status, error = FAILED, first_error_line(error_file.read_text(errors="replace"))
     elif unreadable:
         status, error = FAILED, unreadable
+    elif results is None and (folder / PRUNED_FILE).is_file():
+        status, error = PRUNED, (folder / PRUNED_FILE).read_text(errors="replace").strip()
     else:
         status, error = (OK if results is not None else UNFINISHED), ""
     if status != OK and (log_file := slurm.recorded_log(folder)):
@@ -257,9 +259,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def status_counts(frame: pd.DataFrame) -> str:
-    """'N jobs: a ok, b failed, c unfinished'."""
+    """'N jobs: a ok, b failed, c unfinished' (and d pruned, when a search pruned some)."""
     counts = frame["status"].value_counts()
-    parts = ", ".join(f"{counts.get(status, 0)} {status}" for status in (OK, FAILED, UNFINISHED))
+    shown = (OK, FAILED, PRUNED, UNFINISHED) if counts.get(PRUNED, 0) else (OK, FAILED, UNFINISHED)
+    parts = ", ".join(f"{counts.get(status, 0)} {status}" for status in shown)
     return f"{len(frame)} jobs: {parts}"
 
 
@@ -395,9 +398,9 @@ def print_summary(frame: pd.DataFrame, pivot: pd.DataFrame, title: str, metric: 
         overrides=[_other_overrides(text) for text in frame["overrides"]],
     )
     console.print(rich_table(compact, f"{title}: {status_counts(frame)}", shrink=("overrides",)))
-    for job, error in zip(compact["job"], frame["error"], strict=True):
+    for job, status, error in zip(compact["job"], frame["status"], frame["error"], strict=True):
         if error:
-            console.print(Text(f"job {job} failed: {error}"))
+            console.print(Text(f"job {job} {status}: {error}"))
     if not pivot.empty:
         console.print(rich_table(pivot.reset_index(), f"{metric} by backbone and body part"))
 

@@ -326,3 +326,17 @@ def test_terminal_cells_are_shown_verbatim_not_read_as_rich_markup():
     console = Console(width=80, record=True, file=io.StringIO())
     console.print(rich_table(pd.DataFrame({"overrides": ["x=[bold]y[/bold]"]}), "t"))
     assert "x=[bold]y[/bold]" in console.export_text()
+
+
+def test_a_pruned_search_trial_is_counted_as_pruned_with_its_reason(tmp_path, capsys, monkeypatch):
+    write_job(tmp_path, "0_lr-0.001", COMMON, results=made_up_results("densenet169", ["hand"], 0.5))
+    pruned = write_job(tmp_path, "1_lr-0.1", COMMON)
+    (pruned / "pruned.txt").write_text("pruned after epoch 1: val/study/kappa = 0.02\n")
+    summary = summarize(tmp_path)
+    assert list(summary["summary"]["status"]) == ["ok", "pruned"]
+    assert summary["summary"]["error"][1] == "pruned after epoch 1: val/study/kappa = 0.02"
+    monkeypatch.setenv("COLUMNS", "200")
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "2 jobs: 1 ok, 0 failed, 1 pruned, 0 unfinished" in out
+    assert "job 1 pruned: pruned after epoch 1" in out
