@@ -148,7 +148,8 @@ def test_the_pruner_stops_trials_after_their_first_epoch(mura_root, tmp_path):
     assert result == {"complete": 0, "pruned": 2, "fail": 0}
     for trial in load_study(study_dir).get_trials():
         run_dir = Path(trial.user_attrs["run_dir"])
-        assert (run_dir / PRUNED_FILE).read_text().startswith("pruned after epoch 0: val/study/kappa = ")
+        reason = (run_dir / PRUNED_FILE).read_text()
+        assert reason.startswith("pruned after 1 of 3 epochs (current_epoch 0): val/study/kappa = ")
         assert list(trial.intermediate_values) == [0] and not (run_dir / RESULTS_FILE).exists()
     assert not (study_dir / "best_overrides.txt").exists() and (study_dir / "trials.csv").is_file()
 

@@ -160,7 +160,8 @@ def run_trial(trial: optuna.Trial, run_overrides: list[str], run_dir: Path) -> f
         try:
             results = train(cfg, extra_callbacks=[pruning])
         except optuna.TrialPruned:
-            text = f"pruned after epoch {pruning.epoch}: {cfg.optimized_metric} = {pruning.score}\n"
+            epochs = f"{pruning.epoch + 1} of {cfg.trainer.max_epochs} epochs"
+            text = f"pruned after {epochs} (current_epoch {pruning.epoch}): {cfg.optimized_metric} = {pruning.score}\n"
             write_text_atomic(run_dir / PRUNED_FILE, text)
             log.info("trial %d %s", trial.number, text.strip())
             raise
