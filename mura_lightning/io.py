@@ -12,6 +12,8 @@ from typing import Any
 RESULTS_FILE = "results.json"  # a run's final metrics and what they belong to
 ERROR_FILE = "error.txt"  # a failed run's traceback
 PRUNED_FILE = "pruned.txt"  # a search trial stopped early by the pruner: why and at which epoch
+HYDRA_DIR = ".hydra"  # a run's composed config and overrides, as Hydra writes them (and a search for its trials)
+OK, FAILED, PRUNED, UNFINISHED = "ok", "failed", "pruned", "unfinished"  # a run's state, read from the files above
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:

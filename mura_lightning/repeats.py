@@ -13,10 +13,10 @@ import pandas as pd
 
 from mura_lightning.evaluation.bootstrap import BootstrapSettings, intervals
 from mura_lightning.evaluation.outputs import predictions_file, read_study_predictions
+from mura_lightning.io import OK
 
 REPEAT_KEYS = ("data.fold", "seed")  # overrides whose values make repeats of one setting
 NO_OTHER_OVERRIDES = "(no other overrides)"
-OK = "ok"
 VAL_THRESHOLD = "val/threshold"
 
 

@@ -33,8 +33,19 @@ from mura_lightning import slurm
 from mura_lightning.data.index import BODY_PARTS, resolve_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
-from mura_lightning.io import ERROR_FILE, PRUNED_FILE, RESULTS_FILE, write_atomically, write_text_atomic
-from mura_lightning.repeats import has_repeats, repeat_groups, repeat_tables
+from mura_lightning.io import (
+    ERROR_FILE,
+    FAILED,
+    HYDRA_DIR,
+    OK,
+    PRUNED,
+    PRUNED_FILE,
+    RESULTS_FILE,
+    UNFINISHED,
+    write_atomically,
+    write_text_atomic,
+)
+from mura_lightning.repeats import has_repeats, numeric_metrics, repeat_groups, repeat_tables
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +61,13 @@ TABLE_METRICS = {  # metric -> short header in summary.md and the terminal
     "test/study/auroc": "AUROC",
 }
 TERMINAL_METRICS = ("val/study/kappa", "test/study/kappa", "test/study/auroc")  # the rest is in summary.md
-OK, FAILED, PRUNED, UNFINISHED = "ok", "failed", "pruned", "unfinished"
 SUMMARY_CSV, SUMMARY_MD, PIVOT_CSV, CHART = "summary.csv", "summary.md", "summary_pivot.csv", "summary.png"
 GROUPS_CSV, REPEATS_CSV, POOLED_CSV = "summary_groups.csv", "summary_repeats.csv", "summary_pooled.csv"
+REPEAT_FILES = {"groups": GROUPS_CSV, "statistics": REPEATS_CSV, "pooled": POOLED_CSV}  # repeat_tables' tables
 GROUP_METRICS = ("val/study/kappa", "test/study/kappa", "test/study/auroc")  # mean ± sd over a group's repeats
 POOLED_METRICS = {"kappa": "pooled val kappa", "auroc": "pooled val AUROC"}  # of the pooled val predictions
 UNKNOWN = "unknown"
 ALL_PARTS = "all"
-HYDRA_DIR = ".hydra"
 JOB_NUMBER = re.compile(r"^(\d+)_")
 CHART_SIZE = (8.0, 4.5)  # inches
 CHART_DPI = 120
@@ -167,13 +177,7 @@ def read_job(folder: Path) -> dict[str, Any]:
 
 def available_metrics(jobs: list[dict[str, Any]]) -> list[str]:
     """The numeric metric names found in the jobs' results."""
-    names = {
-        key
-        for job in jobs
-        for key, value in job["results"].items()
-        if "/" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
-    return sorted(names)
+    return sorted({name for job in jobs for name in numeric_metrics(job["results"])})
 
 
 def check_metric(metric: str, jobs: list[dict[str, Any]]) -> None:
@@ -354,7 +358,7 @@ def summarize(
     repeats = (
         repeat_tables(groups, metrics, POOLED_METRICS, bootstrap or BootstrapSettings(), DECIMALS)
         if has_repeats(groups)
-        else {"groups": pd.DataFrame()}
+        else dict.fromkeys(REPEAT_FILES, pd.DataFrame())
     )
     out = Path(output).expanduser() if output is not None else sweep_dir
     figure = chart(frame, metric)
@@ -365,10 +369,9 @@ def summarize(
         "pivot": write_text_atomic(out / PIVOT_CSV, pivot.to_csv()),
         "chart": write_atomically(out / CHART, lambda tmp: figure.savefig(tmp, format="png", dpi=CHART_DPI)),
     }
-    if has_repeats(groups):
-        paths["groups"] = write_text_atomic(out / GROUPS_CSV, repeats["groups"].to_csv(index=False))
-        paths["repeats"] = write_text_atomic(out / REPEATS_CSV, repeats["statistics"].to_csv(index=False))
-        paths["pooled"] = write_text_atomic(out / POOLED_CSV, repeats["pooled"].to_csv(index=False))
+    if not repeats["groups"].empty:
+        for name, file in REPEAT_FILES.items():
+            paths[name] = write_text_atomic(out / file, repeats[name].to_csv(index=False))
     return {"paths": paths, "summary": frame, "pivot": pivot, **{f"repeat_{k}": v for k, v in repeats.items()}}
 
 

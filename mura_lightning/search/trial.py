@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from optuna_integration import PyTorchLightningPruningCallback
 
 from mura_lightning.errors import MuraError
-from mura_lightning.io import ERROR_FILE, PRUNED_FILE, write_text_atomic
+from mura_lightning.io import ERROR_FILE, HYDRA_DIR, PRUNED_FILE, write_text_atomic
 from mura_lightning.resolvers import job_dirname
 from mura_lightning.search.space import Param, folder_label, overrides, suggest
 from mura_lightning.search.study import RUN_DIR_ATTR
@@ -30,7 +30,6 @@ from mura_lightning.train import optimized_value, train
 log = logging.getLogger(__name__)
 
 TRAIN_CONFIG = "train"
-HYDRA_DIR = ".hydra"
 TRIAL_LOG = "train.log"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as conf/hydra/job_logging
 SEARCH_KEYS = ("hparams_search", "study_dir", "hydra")  # the tune command's own settings, not a train run's
