@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_CONFIG = "train"
 TRIAL_LOG = "train.log"
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as conf/hydra/job_logging
 SEARCH_KEYS = ("hparams_search", "study_dir", "hydra")  # the tune command's own settings, not a train run's
 
 
@@ -103,11 +102,12 @@ def hydra_config(cfg: DictConfig) -> Iterator[None]:
 
 @contextlib.contextmanager
 def trial_log(run_dir: Path) -> Iterator[None]:
-    """Copy the log lines of the trial into <run_dir>/train.log, as a train run's own log."""
+    """Copy the log lines of the trial into <run_dir>/train.log, as a train run's own log, formatted as the
+    search's own log lines (conf/hydra/job_logging)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / TRIAL_LOG)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
+    handler = logging.FileHandler(run_dir / TRIAL_LOG)
+    handler.setFormatter(next((h.formatter for h in root.handlers if h.formatter), logging.Formatter()))
     root.addHandler(handler)
     try:
         yield
