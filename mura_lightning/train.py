@@ -139,19 +139,20 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
         out, rows = Path(cfg.paths.output_dir), datamodule.image_table()
         write_predictions(out, model.last_predictions["val"], rows, model.decision_thresholds("val"), "val")
         if cfg.test:
-            results = write_test_outputs(cfg, model, rows, results)
+            results = write_test_outputs(out, model, rows, results)
         print_metrics_table(results, "test" if cfg.test else "val")
-        path = write_json_atomic(Path(cfg.paths.output_dir) / RESULTS_FILE, results)
+        path = write_json_atomic(out / RESULTS_FILE, results)
         log.info("results: %s", path)
     return results
 
 
-def write_test_outputs(cfg: DictConfig, model: MURAClassifier, rows, results: dict[str, Any]) -> dict[str, Any]:
-    """The final test's prediction file and per-body-part tables in the run folder (`rows`: the datamodule's
-    image table); the results with the patient-bootstrap intervals of the study-level metrics added."""
+def write_test_outputs(out: Path, model: MURAClassifier, rows, results: dict[str, Any]) -> dict[str, Any]:
+    """The final test's prediction file and per-body-part tables in the run folder `out` (`rows`: the
+    datamodule's image table); the results with the patient-bootstrap intervals of the study-level metrics
+    added."""
     settings = BootstrapSettings.from_config(model.metric_settings.bootstrap)
     tables, threshold = model.last_predictions["test"], model.decision_thresholds("test")
-    results, _ = write_scored_test(Path(cfg.paths.output_dir), results, tables, rows, threshold, settings, "test")
+    results, _ = write_scored_test(out, results, tables, rows, threshold, settings, "test")
     return results
 
 
