@@ -19,14 +19,14 @@ from mura_lightning.callbacks.metrics import figures
 from mura_lightning.data.index import BODY_PARTS, build_index, select_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
+from mura_lightning.evaluation.metrics import PredictionTable, StageMetrics
 from mura_lightning.evaluation.outputs import write_scored_test
+from mura_lightning.evaluation.tables import print_metrics_table
 from mura_lightning.inference.checkpoints import checkpoint_paths, datamodule_settings
 from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.files import predict_files
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic, write_text_atomic
-from mura_lightning.metrics import PredictionTable, StageMetrics
-from mura_lightning.report import print_metrics_table
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from mura_lightning import slurm
 from mura_lightning.data.index import BODY_PARTS, resolve_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
+from mura_lightning.evaluation.repeats import has_repeats, numeric_metrics, repeat_groups, repeat_tables
 from mura_lightning.io import (
     ERROR_FILE,
     FAILED,
@@ -45,7 +46,6 @@ from mura_lightning.io import (
     write_atomically,
     write_text_atomic,
 )
-from mura_lightning.repeats import has_repeats, numeric_metrics, repeat_groups, repeat_tables
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from sklearn.metrics import cohen_kappa_score
 
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluate import evaluate
+from mura_lightning.evaluation.metrics import METRIC_NAMES
 from mura_lightning.evaluation.outputs import PREDICTION_COLUMNS
 from mura_lightning.inference.checkpoints import CheckpointError, load_classifier
-from mura_lightning.metrics import METRIC_NAMES
 from mura_lightning.predict import predict
 from mura_lightning.train import train
 

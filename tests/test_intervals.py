@@ -15,7 +15,7 @@ from rich.console import Console
 from mura_lightning.evaluate import evaluate
 from mura_lightning.evaluation.bootstrap import BootstrapSettings, intervals
 from mura_lightning.evaluation.outputs import PREDICTION_COLUMNS
-from mura_lightning.report import print_metrics_table
+from mura_lightning.evaluation.tables import print_metrics_table
 from mura_lightning.summarize import summarize
 from mura_lightning.train import train
 

@@ -16,17 +16,22 @@ from sklearn import metrics as sk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
-from mura_lightning.calibration import CALIBRATION_BINS, fit_temperature, reliability_bins, reliability_figure
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
-from mura_lightning.metrics import (
+from mura_lightning.evaluation.calibration import (
+    CALIBRATION_BINS,
+    fit_temperature,
+    reliability_bins,
+    reliability_figure,
+)
+from mura_lightning.evaluation.metrics import (
     METRIC_NAMES,
     ImagePredictions,
     PredictionTable,
     StageMetrics,
     metrics_by_body_part,
 )
-from mura_lightning.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
+from mura_lightning.evaluation.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
 from mura_lightning.train import train
 
 TOLERANCE = 1e-6

@@ -13,7 +13,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.evaluation.outputs import PREDICTION_COLUMNS
-from mura_lightning.repeats import group_label
+from mura_lightning.evaluation.repeats import group_label
 from mura_lightning.summarize import GROUPS_CSV, POOLED_CSV, REPEATS_CSV, SUMMARY_MD, main, summarize
 
 SETTINGS = BootstrapSettings(samples=200, seed=1)

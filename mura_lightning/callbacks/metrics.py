@@ -14,8 +14,8 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryPrecisionRecallCurve, BinaryROC
 
-from mura_lightning.calibration import reliability_figure
-from mura_lightning.metrics import CLASS_NAMES, PredictionTable, row_thresholds
+from mura_lightning.evaluation.calibration import reliability_figure
+from mura_lightning.evaluation.metrics import CLASS_NAMES, PredictionTable, row_thresholds
 
 log = logging.getLogger(__name__)
 

@@ -1,2 +1,4 @@
-"""Uncertainty of study-level results: patient-clustered bootstrap intervals (`bootstrap`) and DeLong's test
-for two correlated AUROCs (`delong`). Only numpy and pandas are imported here."""
+"""Scoring predictions: image and study metrics (`metrics`), decision thresholds (`thresholds`), temperature
+scaling (`calibration`), patient-clustered bootstrap intervals (`bootstrap`), DeLong's test for two correlated
+AUROCs (`delong`), repeat groups of a sweep (`repeats`), the terminal table (`tables`) and the files a test writes
+(`outputs`)."""

@@ -14,8 +14,8 @@ import torch
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.bootstrap import COLUMNS as BOOTSTRAP_COLUMNS
 from mura_lightning.evaluation.bootstrap import METRICS, OVERALL, BootstrapSettings, intervals
+from mura_lightning.evaluation.metrics import LEVELS, PredictionTable, metrics_by_body_part, row_thresholds
 from mura_lightning.io import write_atomically
-from mura_lightning.metrics import LEVELS, PredictionTable, metrics_by_body_part, row_thresholds
 
 TABLE_FILES = {"study": "metrics_by_bodypart.csv", "image": "metrics_by_bodypart_image.csv"}
 PREDICTION_COLUMNS = ["level", "path", "study", "patient", "body_part", "label", "prob", "pred"]

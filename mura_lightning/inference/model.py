@@ -16,11 +16,11 @@ from mura_lightning.data.images import read_grayscale, to_grayscale
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.data.presets import EvalPreset, Preprocessing
 from mura_lightning.errors import MuraError
+from mura_lightning.evaluation.thresholds import threshold_in_force
 from mura_lightning.inference.checkpoints import checkpoint_paths, load_classifier
 from mura_lightning.inference.tta import TestTimeAugmentation
 from mura_lightning.models.backbones import cam_target_layer
 from mura_lightning.models.module import MURAClassifier
-from mura_lightning.thresholds import threshold_in_force
 
 DEFAULT_TTA_DEGREES = 10.0  # as in conf/evaluate.yaml and conf/predict.yaml
 

@@ -10,14 +10,14 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
-from mura_lightning.calibration import calibrated_probabilities, fit_temperature
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.data.presets import EvalPreset, Preprocessing
 from mura_lightning.errors import MuraError
-from mura_lightning.metrics import PredictionTable, StageMetrics
+from mura_lightning.evaluation.calibration import calibrated_probabilities, fit_temperature
+from mura_lightning.evaluation.metrics import PredictionTable, StageMetrics
+from mura_lightning.evaluation.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
 from mura_lightning.models.backbones import build_backbone, cam_target_layer
 from mura_lightning.models.losses import BCELoss, MuraLoss
-from mura_lightning.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from torchmetrics.classification import (
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from mura_lightning.calibration import CALIBRATION_BINS, calibrated_probabilities
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
+from mura_lightning.evaluation.calibration import CALIBRATION_BINS, calibrated_probabilities
 from mura_lightning.inference.aggregate import aggregate_studies
 
 LEVELS = ("image", "study")

@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from mura_lightning.metrics import metrics_by_body_part
+from mura_lightning.evaluation.metrics import metrics_by_body_part
 
 INTERVAL_COLUMNS = {"kappa": "kappa", "auroc": "AUROC"}  # shown with their bounds
 SHORT_COLUMNS = {"sensitivity": "sens", "specificity": "spec", "accuracy": "acc", "f1_abnormal": "F1 abn"}

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torchmetrics.classification import BinaryPrecisionRecallCurve, BinaryROC
 
-from mura_lightning.calibration import check_calibration
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
-from mura_lightning.metrics import LEVELS, PredictionTable
+from mura_lightning.evaluation.calibration import check_calibration
+from mura_lightning.evaluation.metrics import LEVELS, PredictionTable
 
 log = logging.getLogger(__name__)
 
