@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mura_lightning import slurm
+from mura_lightning.cluster import slurm
 from mura_lightning.data.index import BODY_PARTS, resolve_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings

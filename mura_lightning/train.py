@@ -17,7 +17,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from mura_lightning import slurm
+from mura_lightning.cluster import slurm
+from mura_lightning.cluster.hydra_ddp import distributed_job
 from mura_lightning.config import instantiate, instantiate_all
 from mura_lightning.data.index import resolve_body_parts
 from mura_lightning.errors import MuraError
@@ -25,7 +26,6 @@ from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.evaluation.metrics import LEVELS
 from mura_lightning.evaluation.outputs import write_predictions, write_scored_test
 from mura_lightning.evaluation.tables import print_metrics_table
-from mura_lightning.hydra_ddp import distributed_job
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, compose, run_module, tiny_run_overrides
 
+from mura_lightning.cluster.slurm import JOB_FILE, hpc_checkpoint_path, requeue_signal
 from mura_lightning.errors import MuraError
-from mura_lightning.slurm import JOB_FILE, hpc_checkpoint_path, requeue_signal
 from mura_lightning.summarize import summarize
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
@@ -179,7 +179,7 @@ def test_two_nodes_of_four_gpus_compose_to_one_task_per_gpu():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import mura_lightning.slurm  # noqa: F401  (registers the launcher's resolver)
+    import mura_lightning.cluster.slurm  # noqa: F401  (registers the launcher's resolver)
 
     overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):

@@ -1,6 +1,6 @@
 """`hydra/launcher=slurm`: submitit's SLURM launcher with clear errors when SLURM is missing or refuses the sweep
-(mura_lightning/slurm_launcher.py). Hydra takes launchers only from the hydra_plugins package, hence this module.
-Needs the Hydra submitit plugin (`pip install -e '.[slurm]'`); without it nothing is defined here."""
+(mura_lightning/cluster/slurm_launcher.py). Hydra takes launchers only from the hydra_plugins package, hence this
+module. Needs the Hydra submitit plugin (`pip install -e '.[slurm]'`); without it nothing is defined here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import partial
 
 from hydra.core.utils import JobReturn
 
-from mura_lightning.slurm_launcher import checked_launch
+from mura_lightning.cluster.slurm_launcher import checked_launch
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from mura_lightning.cluster.staging import remove_dead_staging, staging_folder
 from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.presets import resize
 from mura_lightning.errors import MuraError
 from mura_lightning.progress import progress
-from mura_lightning.staging import remove_dead_staging, staging_folder
 
 log = logging.getLogger(__name__)
 
