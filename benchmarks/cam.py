@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from mura_lightning.explain import compute_cams
+from mura_lightning.inference.explain import compute_cams
 from mura_lightning.models.backbones import build_backbone
 
 CAM_LAYERS = {"densenet169": "features.norm5", "resnet50": "layer4.2"}

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mura_lightning.callbacks.cam import choose_sample
 from mura_lightning.errors import MuraError
-from mura_lightning.explain import box_area, box_iou, compute_cams, pointing_game
+from mura_lightning.inference.explain import box_area, box_iou, compute_cams, pointing_game
 from mura_lightning.models.backbones import build_backbone
 from mura_lightning.synthetic import generate_synthetic_mura
 from mura_lightning.train import train

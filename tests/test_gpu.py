@@ -115,7 +115,7 @@ def load_model(checkpoint: str) -> torch.nn.Module:
 
 def class_activation_maps(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Grad-CAM maps (N, H, W) as the CAM callback computes them."""
-    from mura_lightning.explain import compute_cams
+    from mura_lightning.inference.explain import compute_cams
 
     return torch.from_numpy(compute_cams(model.net, model.cam_target_layer(), inputs, "GradCAM"))
 

@@ -18,7 +18,15 @@ from mura_lightning.data.images import read_grayscale
 from mura_lightning.data.lesions import read_lesion_boxes
 from mura_lightning.data.presets import EvalPreset
 from mura_lightning.evaluation.metrics import CLASS_NAMES
-from mura_lightning.explain import Box, box_area, box_iou, compute_cams, overlay, pointing_game, preserved_state
+from mura_lightning.inference.explain import (
+    Box,
+    box_area,
+    box_iou,
+    compute_cams,
+    overlay,
+    pointing_game,
+    preserved_state,
+)
 from mura_lightning.inference.model import InferenceModel
 
 log = logging.getLogger(__name__)
