@@ -32,13 +32,13 @@ from mura_lightning.evaluation.bootstrap import (
 )
 from mura_lightning.evaluation.delong import delong_test
 from mura_lightning.evaluation.outputs import read_study_predictions
+from mura_lightning.evaluation.tables import DECIMALS, number_text
 from mura_lightning.io import write_atomically, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 COMPARE_CSV, COMPARE_MD, COMPARE_PNG = "compare.csv", "compare.md", "compare.png"
 SHOWN_STUDIES = 3  # studies named in an error
-DECIMALS = 3
 FIGURE_DPI = 120
 PANEL_SIZE = (3.2, 0.32)  # inches: width of a metric's panel, height of a row
 SIGNIFICANT_COLOR, PLAIN_COLOR = "tab:red", "tab:gray"
@@ -122,10 +122,6 @@ def run_folders(cfg: DictConfig) -> tuple[list[str], str]:
     return runs, reference
 
 
-def _number(value: float) -> str:
-    return "NaN" if pd.isna(value) else f"{value:.{DECIMALS}f}"
-
-
 def _p_value(value: float) -> str:
     if pd.isna(value):
         return ""
@@ -152,11 +148,10 @@ def markdown(table: pd.DataFrame, settings: BootstrapSettings) -> str:
         ]
         for row in rows.itertuples():
             mark = "*" if row.significant else ""
-            interval = f"{row.difference:+.{DECIMALS}f} ({_number(row.ci_low)} to {_number(row.ci_high)})"
-            if pd.isna(row.difference):
-                interval = "NaN"
+            a, b, low, high = (number_text(value, missing="NaN") for value in (row.a, row.b, row.ci_low, row.ci_high))
+            interval = "NaN" if pd.isna(row.difference) else f"{row.difference:+.{DECIMALS}f} ({low} to {high})"
             lines.append(
-                f"| {row.body_part}{mark} | {row.metric} | {_number(row.a)} | {_number(row.b)} | {interval} | "
+                f"| {row.body_part}{mark} | {row.metric} | {a} | {b} | {interval} | "
                 f"{_p_value(row.p_bootstrap)} | {_p_value(row.p_delong)} |"
             )
     return "\n".join(lines) + "\n"

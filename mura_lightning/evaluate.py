@@ -4,7 +4,6 @@ table for a checkpoint (or an ensemble) on the official valid split, with predic
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,13 @@ from mura_lightning.data.index import BODY_PARTS, build_index, select_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.evaluation.metrics import PredictionTable, StageMetrics
-from mura_lightning.evaluation.outputs import write_scored_test
+from mura_lightning.evaluation.outputs import write_scored_test, write_submission
 from mura_lightning.evaluation.tables import print_metrics_table
 from mura_lightning.inference.checkpoints import checkpoint_paths, datamodule_settings
 from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.files import predict_files
 from mura_lightning.inference.model import InferenceModel
-from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic, write_text_atomic
+from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +61,6 @@ def readable_table(rows: pd.DataFrame, probs) -> PredictionTable:
         body_parts=torch.tensor(kept["body_part"].map(part_index).to_numpy()),
         image_ids=torch.tensor(kept["image_id"].to_numpy()),
     )
-
-
-def write_submission(path: Path, study_folders: Iterable[str], preds: Iterable[int]) -> None:
-    """The official MURA submission file: headerless `MURA-v1.1/valid/XR_.../studyN_.../,label` rows."""
-    rows = "".join(f"{folder}/,{int(pred)}\n" for folder, pred in zip(study_folders, preds, strict=True))
-    write_text_atomic(path, rows)
 
 
 def write_outputs(

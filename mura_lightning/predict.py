@@ -20,7 +20,7 @@ from mura_lightning.data.dicom import is_dicom, sop_instance_uid
 from mura_lightning.data.images import ImageDecodeError, is_radiograph
 from mura_lightning.data.index import body_part_of, folder_label
 from mura_lightning.errors import MuraError, exit_on_user_error
-from mura_lightning.evaluate import write_submission
+from mura_lightning.evaluation.outputs import write_submission
 from mura_lightning.inference.aggregate import aggregate_studies
 from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.explain import compute_cams, overlay

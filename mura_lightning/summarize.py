@@ -11,41 +11,21 @@ patient-bootstrap intervals), `summary_repeats.csv` (mean and sd of every metric
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import re
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import seaborn as sns
-import yaml
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from mura_lightning.cluster import slurm
-from mura_lightning.data.index import BODY_PARTS, resolve_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.evaluation.repeats import has_repeats, numeric_metrics, repeat_groups, repeat_tables
-from mura_lightning.io import (
-    ERROR_FILE,
-    FAILED,
-    HYDRA_DIR,
-    OK,
-    PRUNED,
-    PRUNED_FILE,
-    RESULTS_FILE,
-    UNFINISHED,
-    write_atomically,
-    write_text_atomic,
-)
+from mura_lightning.evaluation.tables import as_number, bounds_text, markdown_table, rich_table
+from mura_lightning.io import FAILED, OK, PRUNED, UNFINISHED, write_atomically, write_text_atomic
+from mura_lightning.runs import Job, job_number, read_sweep
 
 log = logging.getLogger(__name__)
 
@@ -66,148 +46,44 @@ GROUPS_CSV, REPEATS_CSV, POOLED_CSV = "summary_groups.csv", "summary_repeats.csv
 REPEAT_FILES = {"groups": GROUPS_CSV, "statistics": REPEATS_CSV, "pooled": POOLED_CSV}  # repeat_tables' tables
 GROUP_METRICS = ("val/study/kappa", "test/study/kappa", "test/study/auroc")  # mean ± sd over a group's repeats
 POOLED_METRICS = {"kappa": "pooled val kappa", "auroc": "pooled val AUROC"}  # of the pooled val predictions
-UNKNOWN = "unknown"
-ALL_PARTS = "all"
-JOB_NUMBER = re.compile(r"^(\d+)_")
 CHART_SIZE = (8.0, 4.5)  # inches
 CHART_DPI = 120
-DECIMALS = 3
 SHOWN_OVERRIDES = ("model=", "bodypart=")  # in the backbone and body part columns: left out of the terminal's
-CELL_PADDING = 0  # the box already puts a space between columns
-MIN_COLUMN_WIDTH = DECIMALS + 2  # terminal characters, enough for a number such as 0.667
 
 
-def job_folders(sweep_dir: Path) -> list[Path]:
-    """The job folders of a multirun folder (those holding a `.hydra/` folder), in job-number order."""
-    if not sweep_dir.is_dir():
-        raise MuraError(f"{sweep_dir} is not a folder; pass a multirun folder such as outputs/multirun/<date>_<time>/")
-    folders = [path for path in sweep_dir.iterdir() if (path / HYDRA_DIR).is_dir()]
-    if not folders:
-        raise MuraError(
-            f"{sweep_dir} holds no job folders (sub-folders with a {HYDRA_DIR}/ folder); pass a multirun folder "
-            "such as outputs/multirun/<date>_<time>/"
-        )
-    return sorted(folders, key=_job_order)
-
-
-def _job_order(folder: Path) -> tuple[float, str]:
-    match = JOB_NUMBER.match(folder.name)
-    return (int(match.group(1)) if match else math.inf, folder.name)
-
-
-def first_error_line(text: str) -> str:
-    """The first line of the error a training job left in error.txt: the last exception's message when the
-    file holds a traceback, otherwise the file's first non-blank line."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
-    after_frames = (line for line in lines[starts[-1] + 1 :] if not line[0].isspace()) if starts else iter(lines)
-    return next(after_frames, "").strip()
-
-
-def read_results(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """A job's results.json and, when it cannot be read, why; (None, None) when the job wrote none."""
-    path = folder / RESULTS_FILE
-    if not path.is_file():
-        return None, None
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, f"cannot read {RESULTS_FILE}: {err}"
-    if not isinstance(results, dict):
-        return None, f"{RESULTS_FILE} holds no metrics (a {type(results).__name__}, not an object)"
-    return results, None
-
-
-def read_overrides(folder: Path) -> list[str]:
-    """The command-line overrides a job ran with (from its .hydra/overrides.yaml; none when it is unreadable)."""
-    try:
-        return [str(item) for item in OmegaConf.load(folder / HYDRA_DIR / "overrides.yaml")]
-    except (OSError, yaml.YAMLError, OmegaConfBaseException):
-        return []
-
-
-def job_setup(folder: Path, results: dict[str, Any] | None) -> tuple[str, list[str]]:
-    """A job's backbone and body parts: from its results, else from its .hydra/config.yaml (unknown when that
-    is unreadable)."""
-    if results is not None:
-        return str(results.get("model", UNKNOWN)), list(results.get("body_parts", []))
-    try:
-        config = OmegaConf.load(folder / HYDRA_DIR / "config.yaml")
-        backbone = OmegaConf.select(config, "model.backbone.name", default=UNKNOWN)
-        parts = OmegaConf.select(config, "data.body_parts", default=None)
-        parts = OmegaConf.to_object(parts) if OmegaConf.is_config(parts) else parts
-        return str(backbone), resolve_body_parts(parts) if parts else []
-    except (OSError, yaml.YAMLError, OmegaConfBaseException, MuraError):
-        return UNKNOWN, []
-
-
-def body_part_label(parts: list[str]) -> str:
-    """Body parts joined by '+', or 'all' for all seven."""
-    if set(parts) == set(BODY_PARTS):
-        return ALL_PARTS
-    return "+".join(parts) or UNKNOWN
-
-
-def read_job(folder: Path) -> dict[str, Any]:
-    """One job: folder name, backbone, body parts, overrides, status, first error line and results."""
-    results, unreadable = read_results(folder)
-    error_file = folder / ERROR_FILE
-    if error_file.is_file():
-        status, error = FAILED, first_error_line(error_file.read_text(errors="replace"))
-    elif unreadable:
-        status, error = FAILED, unreadable
-    elif results is None and (folder / PRUNED_FILE).is_file():
-        status, error = PRUNED, (folder / PRUNED_FILE).read_text(errors="replace").strip()
-    else:
-        status, error = (OK if results is not None else UNFINISHED), ""
-    if status != OK and (log_file := slurm.recorded_log(folder)):
-        error = f"{error} (SLURM log: {log_file})".lstrip()
-    backbone, parts = job_setup(folder, results)
-    return {
-        "job": folder.name,
-        "folder": folder,
-        "backbone": backbone,
-        "body_part": body_part_label(parts),
-        "overrides": read_overrides(folder),
-        "status": status,
-        "error": error,
-        "results": results or {},
-    }
-
-
-def available_metrics(jobs: list[dict[str, Any]]) -> list[str]:
+def available_metrics(jobs: list[Job]) -> list[str]:
     """The numeric metric names found in the jobs' results."""
-    return sorted({name for job in jobs for name in numeric_metrics(job["results"])})
+    return sorted({name for job in jobs for name in numeric_metrics(job.results)})
 
 
-def check_metric(metric: str, jobs: list[dict[str, Any]]) -> None:
+def check_metric(metric: str, jobs: list[Job]) -> None:
     """Raise a MuraError listing the available metrics when some job has results but none has `metric`."""
     available = available_metrics(jobs)
     if available and metric not in available:
         raise MuraError(f"--metric {metric} is not in any results.json; choose one of: {', '.join(available)}")
 
 
-def common_overrides(jobs: list[dict[str, Any]]) -> list[str]:
+def common_overrides(jobs: list[Job]) -> list[str]:
     """The overrides every job shares (the sweep's fixed settings), in the first job's order."""
-    shared = set.intersection(*(set(job["overrides"]) for job in jobs))
-    return [override for override in jobs[0]["overrides"] if override in shared]
+    shared = set.intersection(*(set(job.overrides) for job in jobs))
+    return [override for override in jobs[0].overrides if override in shared]
 
 
-def summary_frame(jobs: list[dict[str, Any]], metric: str) -> pd.DataFrame:
+def summary_frame(jobs: list[Job], metric: str) -> pd.DataFrame:
     """One row per job: job, backbone, body_part, the overrides that differ between jobs, status, the table
     metrics (and `metric`), and the first error line."""
     shared = set(common_overrides(jobs))
     metrics = list(dict.fromkeys([*TABLE_METRICS, metric]))
     rows = [
         {
-            "job": job["job"],
-            "backbone": job["backbone"],
-            "body_part": job["body_part"],
-            "overrides": " ".join(o for o in job["overrides"] if o not in shared),
-            "status": job["status"],
-            **{name: _number(job["results"].get(name)) for name in metrics},
-            interval_column(metric): interval_text(job["results"], metric),
-            "error": job["error"],
+            "job": job.name,
+            "backbone": job.backbone,
+            "body_part": job.body_part,
+            "overrides": " ".join(o for o in job.overrides if o not in shared),
+            "status": job.status,
+            **{name: as_number(job.results.get(name)) for name in metrics},
+            interval_column(metric): interval_text(job.results, metric),
+            "error": job.error,
         }
         for job in jobs
     ]
@@ -220,18 +96,14 @@ def interval_column(metric: str) -> str:
     return f"{metric} CI"
 
 
-def interval_text(results: dict[str, Any], metric: str) -> str:
+def interval_text(results: dict, metric: str) -> str:
     """`low-high`, the patient-bootstrap bounds of `metric` (`test/study/kappa[/part]`, whose bounds are
     `test/study/kappa_ci_low[/part]`) in a job's results; "" when it has none."""
     stage_level_name, _, part = metric.rpartition("/") if metric.count("/") == 3 else (metric, "", "")
     suffix = f"/{part}" if part else ""
-    low = _number(results.get(f"{stage_level_name}_ci_low{suffix}"))
-    high = _number(results.get(f"{stage_level_name}_ci_high{suffix}"))
-    return "" if math.isnan(low) or math.isnan(high) else f"{low:.{DECIMALS}f}-{high:.{DECIMALS}f}"
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    low = as_number(results.get(f"{stage_level_name}_ci_low{suffix}"))
+    high = as_number(results.get(f"{stage_level_name}_ci_high{suffix}"))
+    return bounds_text(low, high)
 
 
 def pivot_frame(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -242,26 +114,6 @@ def pivot_frame(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pivot.rename_axis(index="backbone", columns=None)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.{DECIMALS}f}"
-    return str(value)
-
-
-def _headers(columns: list[str]) -> list[str]:
-    return [TABLE_METRICS.get(column, column).replace("_", " ") for column in columns]
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A DataFrame (its columns, not its index) as a GitHub markdown table, numbers to 3 decimals."""
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
-
-    rows = [line([_cell(value) for value in row]) for row in frame.itertuples(index=False)]
-    return "\n".join([line(_headers(list(frame.columns))), line(["---"] * len(frame.columns)), *rows])
-
-
 def status_counts(frame: pd.DataFrame) -> str:
     """'N jobs: a ok, b failed, c unfinished' (and d pruned, when a search pruned some)."""
     counts = frame["status"].value_counts()
@@ -270,23 +122,27 @@ def status_counts(frame: pd.DataFrame) -> str:
     return f"{len(frame)} jobs: {parts}"
 
 
+def _markdown(frame: pd.DataFrame) -> str:
+    return markdown_table(frame, TABLE_METRICS)
+
+
 def markdown_report(
     sweep_dir: Path, frame: pd.DataFrame, pivot: pd.DataFrame, shared: list[str], metric: str, groups: pd.DataFrame
 ) -> str:
     """summary.md: the repeat groups (when jobs repeat a setting), the job table, the overrides common to all
     jobs, the pivot table and the chart."""
-    pivot_text = markdown_table(pivot.reset_index()) if not pivot.empty else f"No finished job has {metric}."
+    pivot_text = _markdown(pivot.reset_index()) if not pivot.empty else f"No finished job has {metric}."
     shared_text = " ".join(f"`{override}`" for override in shared) or "none"
     groups_text = (
         "## Repeat groups\n\nJobs that differ only in `data.fold` and/or `seed`: the mean ± standard deviation over "
         "the finished repeats; the pooled val metrics score all of a group's validation predictions together (in "
         "cross-validation every training study once, out of fold), with 95 % patient-bootstrap intervals. Failed "
-        f"and unfinished members are listed under left out, not averaged.\n\n{markdown_table(groups)}\n\n"
+        f"and unfinished members are listed under left out, not averaged.\n\n{_markdown(groups)}\n\n"
         if not groups.empty
         else ""
     )
     return (
-        f"# Sweep {sweep_dir.name}\n\n{status_counts(frame)}.\n\n{groups_text}## Jobs\n\n{markdown_table(frame)}\n\n"
+        f"# Sweep {sweep_dir.name}\n\n{status_counts(frame)}.\n\n{groups_text}## Jobs\n\n{_markdown(frame)}\n\n"
         f"Overrides common to every job: {shared_text}\n\n"
         f"## {metric} by backbone and body part\n\nFinished jobs only; the mean where several jobs share a cell.\n\n"
         f"{pivot_text}\n\n![{metric}]({CHART})\n"
@@ -319,25 +175,6 @@ def chart(frame: pd.DataFrame, metric: str) -> Figure:
     return figure
 
 
-def rich_table(frame: pd.DataFrame, title: str, shrink: tuple[str, ...] = ()) -> Table:
-    """A DataFrame (its columns) as a rich table, numbers to 3 decimals, cells shown verbatim (no markup), one
-    line per row: where the console is too narrow, the `shrink` columns give up their width first (their cells
-    cut short with '…'), then all columns alike; headers and numbers keep their width."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, min_width=len(title), padding=CELL_PADDING, pad_edge=False)
-    for column, header in zip(frame.columns, _headers(list(frame.columns)), strict=True):
-        numeric = pd.api.types.is_float_dtype(frame[column])
-        table.add_column(
-            header,
-            justify="right" if numeric else "left",
-            no_wrap=column not in shrink,
-            overflow="ellipsis",
-            min_width=max(len(header), MIN_COLUMN_WIDTH) if numeric else None,
-        )
-    for row in frame.itertuples(index=False):
-        table.add_row(*(Text(_cell(value), no_wrap=True, overflow="ellipsis") for value in row))
-    return table
-
-
 def summarize(
     sweep_dir: str | Path,
     metric: str = DEFAULT_METRIC,
@@ -349,14 +186,14 @@ def summarize(
     folder itself; the pooled intervals drawn with `bootstrap`, default 2000 resamples); returns the paths
     written and the tables."""
     sweep_dir = Path(sweep_dir).expanduser()
-    jobs = [read_job(folder) for folder in job_folders(sweep_dir)]
+    jobs = read_sweep(sweep_dir)
     check_metric(metric, jobs)
     frame = summary_frame(jobs, metric)
     pivot = pivot_frame(frame, metric)
     groups = repeat_groups(jobs)
     metrics = list(dict.fromkeys([*GROUP_METRICS, metric]))
     repeats = (
-        repeat_tables(groups, metrics, POOLED_METRICS, bootstrap or BootstrapSettings(), DECIMALS)
+        repeat_tables(groups, metrics, POOLED_METRICS, bootstrap or BootstrapSettings())
         if has_repeats(groups)
         else dict.fromkeys(REPEAT_FILES, pd.DataFrame())
     )
@@ -397,15 +234,15 @@ def print_summary(frame: pd.DataFrame, pivot: pd.DataFrame, title: str, metric: 
     columns = ["job", "backbone", "body_part", "status", *dict.fromkeys([*TERMINAL_METRICS, metric]), *intervals]
     columns.append("overrides")
     compact = frame[columns].assign(
-        job=[_job_label(name) for name in frame["job"]],
+        job=[job_number(name) for name in frame["job"]],
         overrides=[_other_overrides(text) for text in frame["overrides"]],
     )
-    console.print(rich_table(compact, f"{title}: {status_counts(frame)}", shrink=("overrides",)))
+    console.print(rich_table(compact, f"{title}: {status_counts(frame)}", shrink=("overrides",), names=TABLE_METRICS))
     for job, status, error in zip(compact["job"], frame["status"], frame["error"], strict=True):
         if error:
             console.print(Text(f"job {job} {status}: {error}"))
     if not pivot.empty:
-        console.print(rich_table(pivot.reset_index(), f"{metric} by backbone and body part"))
+        console.print(rich_table(pivot.reset_index(), f"{metric} by backbone and body part", names=TABLE_METRICS))
 
 
 def print_groups(groups: pd.DataFrame, title: str, metric: str, console: Console) -> None:
@@ -413,17 +250,12 @@ def print_groups(groups: pd.DataFrame, title: str, metric: str, console: Console
     interval (summary.md has every column)."""
     columns = ["group", "repeats", metric, POOLED_METRICS["kappa"], "left out"]
     table_title = f"{title}: repeat groups (mean ± sd over finished repeats; pooled val, 95 % interval)"
-    console.print(rich_table(groups[columns], table_title, shrink=("group", "left out")))
+    console.print(rich_table(groups[columns], table_title, shrink=("group", "left out"), names=TABLE_METRICS))
 
 
 def _other_overrides(overrides: str) -> str:
     """The overrides but those the backbone and body part columns already show."""
     return " ".join(item for item in overrides.split(" ") if not item.startswith(SHOWN_OVERRIDES))
-
-
-def _job_label(name: str) -> str:
-    match = JOB_NUMBER.match(name)
-    return match.group(1) if match else name
 
 
 @exit_on_user_error

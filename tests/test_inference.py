@@ -224,11 +224,11 @@ def test_evaluate_cli_works_in_multirun_mode(trained, tmp_path):
 
 
 def test_summarize_lists_evaluations_with_their_backbone(trained, tmp_path):
-    from mura_lightning.summarize import read_job
+    from mura_lightning.runs import read_job
 
     run_evaluate(tmp_path / "evals" / "densenet", trained[1])
     job = read_job(tmp_path / "evals" / "densenet")
-    assert (job["backbone"], job["body_part"], job["status"]) == ("densenet169", "shoulder+wrist", "ok")
+    assert (job.backbone, job.body_part, job.status) == ("densenet169", "shoulder+wrist", "ok")
 
 
 def test_predict_takes_dicom_studies_refusing_bad_files_one_by_one(trained, tmp_path):

@@ -19,13 +19,13 @@ from rich.console import Console
 
 from mura_lightning import train as train_module
 from mura_lightning.errors import MuraError
+from mura_lightning.evaluation.tables import rich_table
+from mura_lightning.runs import Job, first_error_line
 from mura_lightning.summarize import (
     TABLE_METRICS,
     chart,
-    first_error_line,
     main,
     print_summary,
-    rich_table,
     summarize,
     summary_frame,
 )
@@ -288,17 +288,7 @@ def test_unknown_metric_lists_the_available_ones(sweep):
 
 
 def test_summary_frame_keeps_jobs_without_metrics_as_nan():
-    jobs = [
-        {
-            "job": "0_a",
-            "backbone": "resnet50",
-            "body_part": "hand",
-            "overrides": ["x=1"],
-            "status": "unfinished",
-            "error": "",
-            "results": {},
-        },
-    ]
+    jobs = [Job(Path("0_a"), "resnet50", "hand", ("x=1",), "unfinished")]
     frame = summary_frame(jobs, KAPPA)
     assert frame[list(TABLE_METRICS)].isna().all(axis=None)
     assert frame["overrides"][0] == "", "an override every job shares is not repeated per row"

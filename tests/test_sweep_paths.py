@@ -13,7 +13,7 @@ from conftest import compose, run_module, tiny_run_overrides
 from hydra.errors import OverrideParseException
 
 from mura_lightning.resolvers import MAX_DIRNAME_LENGTH, job_dirname
-from mura_lightning.summarize import read_job
+from mura_lightning.runs import read_job
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 OLD_STYLE = "0_bodypart=shoulder,data.image_size=32"
@@ -62,7 +62,7 @@ def test_a_sweep_checkpoint_evaluates_unquoted_in_an_evaluate_multirun(mura_root
     assert trained.returncode == 0, trained.stderr[-3000:]
     (job,) = [path for path in train_sweep.iterdir() if path.is_dir()]
     assert re.fullmatch(r"0_bodypart-shoulder__[A-Za-z0-9._-]+", job.name), job.name
-    assert "bodypart=shoulder" in read_job(job)["overrides"], "summarize reads the overrides from .hydra/"
+    assert "bodypart=shoulder" in read_job(job).overrides, "summarize reads the overrides from .hydra/"
     ckpt = json.loads((job / "results.json").read_text())["ckpt_path"]
     old_style = tmp_path / OLD_STYLE / "checkpoints" / "best.ckpt"
     old_style.parent.mkdir(parents=True)

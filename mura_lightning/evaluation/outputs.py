@@ -1,9 +1,11 @@
 """What a scored stage writes, from training's final validation and test and from evaluate alike: the prediction
 file (images and studies), the patient-bootstrap intervals of the headline metrics, and the per-body-part tables;
-and the reader of a folder's study predictions (compare, summarize)."""
+the reader of a folder's study predictions (compare, summarize); and the official MURA submission file (evaluate,
+predict)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.bootstrap import COLUMNS as BOOTSTRAP_COLUMNS
 from mura_lightning.evaluation.bootstrap import METRICS, OVERALL, BootstrapSettings, intervals
 from mura_lightning.evaluation.metrics import LEVELS, PredictionTable, metrics_by_body_part, row_thresholds
-from mura_lightning.io import write_atomically
+from mura_lightning.io import write_atomically, write_text_atomic
 
 TABLE_FILES = {"study": "metrics_by_bodypart.csv", "image": "metrics_by_bodypart_image.csv"}
 PREDICTION_COLUMNS = ["level", "path", "study", "patient", "body_part", "label", "prob", "pred"]
@@ -119,3 +121,9 @@ def write_scored_test(
         table = metrics_by_body_part(values, stage, level)
         write_atomically(out / TABLE_FILES[level], lambda tmp, t=table: t.to_csv(tmp))
     return values, study_frame
+
+
+def write_submission(path: Path, study_folders: Iterable[str], preds: Iterable[int]) -> None:
+    """The official MURA submission file: headerless `MURA-v1.1/valid/XR_.../studyN_.../,label` rows."""
+    rows = "".join(f"{folder}/,{int(pred)}\n" for folder, pred in zip(study_folders, preds, strict=True))
+    write_text_atomic(path, rows)

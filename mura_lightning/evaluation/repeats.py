@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mura_lightning.evaluation.bootstrap import BootstrapSettings, intervals
 from mura_lightning.evaluation.outputs import predictions_file, read_study_predictions
-from mura_lightning.io import OK
+from mura_lightning.evaluation.tables import interval_text, spread_text
+from mura_lightning.runs import Job
 
 REPEAT_KEYS = ("data.fold", "seed")  # overrides whose values make repeats of one setting
 NO_OTHER_OVERRIDES = "(no other overrides)"
@@ -31,16 +31,15 @@ def group_label(overrides: Sequence[str]) -> str:
     return " ".join(kept) or NO_OTHER_OVERRIDES
 
 
-def repeat_groups(jobs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The jobs (as summarize reads them: `overrides`, `status`, `results`, `folder`) by group label, in the order
-    of each group's first job."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+def repeat_groups(jobs: Sequence[Job]) -> dict[str, list[Job]]:
+    """The jobs by group label, in the order of each group's first job."""
+    groups: dict[str, list[Job]] = {}
     for job in jobs:
-        groups.setdefault(group_label(job["overrides"]), []).append(job)
+        groups.setdefault(group_label(job.overrides), []).append(job)
     return groups
 
 
-def has_repeats(groups: dict[str, list[dict[str, Any]]]) -> bool:
+def has_repeats(groups: dict[str, list[Job]]) -> bool:
     """Whether some group holds more than one job."""
     return any(len(members) > 1 for members in groups.values())
 
@@ -54,10 +53,10 @@ def numeric_metrics(results: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def repeat_statistics(group: str, members: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def repeat_statistics(group: str, members: Sequence[Job]) -> pd.DataFrame:
     """One row per metric of the group's finished members: group, metric, repeats (members with a finite value),
     mean and sample standard deviation (NaN for a single repeat). Failed and unfinished members are left out."""
-    finished = pd.DataFrame([numeric_metrics(job["results"]) for job in members if job["status"] == OK])
+    finished = pd.DataFrame([numeric_metrics(job.results) for job in members if job.finished])
     columns = ["group", "metric", "repeats", "mean", "sd"]
     if finished.empty:
         return pd.DataFrame(columns=columns)
@@ -67,19 +66,19 @@ def repeat_statistics(group: str, members: Sequence[dict[str, Any]]) -> pd.DataF
     return table.reset_index().assign(group=group)[columns]
 
 
-def pooled_predictions(members: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame | None, list[str]]:
+def pooled_predictions(members: Sequence[Job]) -> tuple[pd.DataFrame | None, list[str]]:
     """The finished members' validation study predictions pooled into one table (a study in several members,
     as with repeated seeds, gets their mean probability), decided at the members' validation threshold; and
     notes on the members left out of it. None when nothing can be pooled."""
     frames, notes, thresholds = [], [], set()
     for job in members:
-        if job["status"] != OK:
+        if not job.finished:
             continue
-        if not (Path(job["folder"]) / predictions_file("val")).is_file():
-            notes.append(f"{job['job']} (no {predictions_file('val')})")
+        if not (job.folder / predictions_file("val")).is_file():
+            notes.append(f"{job.name} (no {predictions_file('val')})")
             continue
-        frames.append(read_study_predictions(job["folder"], "val"))
-        thresholds.add(job["results"].get(VAL_THRESHOLD))
+        frames.append(read_study_predictions(job.folder, "val"))
+        thresholds.add(job.results.get(VAL_THRESHOLD))
     if not frames:
         return None, notes
     threshold = next(iter(thresholds))
@@ -103,28 +102,17 @@ def pooled_intervals(pooled: pd.DataFrame, settings: BootstrapSettings) -> pd.Da
     return table
 
 
-def spread_text(mean: float, sd: float, decimals: int) -> str:
-    """`mean ± sd` (only the mean for one repeat; empty when there is none)."""
-    if math.isnan(mean):
-        return ""
-    return f"{mean:.{decimals}f}" if math.isnan(sd) else f"{mean:.{decimals}f} ± {sd:.{decimals}f}"
-
-
-def interval_cell(row: pd.Series, metric: str, decimals: int) -> str:
-    """`value (low-high)` of a metric in a row of `pooled_intervals`."""
-    value, low, high = row[metric], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
-    if math.isnan(value):
-        return ""
-    bounds = "" if math.isnan(low) or math.isnan(high) else f" ({low:.{decimals}f}-{high:.{decimals}f})"
-    return f"{value:.{decimals}f}{bounds}"
+def overall_interval(table: pd.DataFrame, metric: str) -> str:
+    """`value (low-high)` of `metric` in the overall row of a `pooled_intervals` table."""
+    row = table.loc["overall"]
+    return interval_text(row[metric], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"])
 
 
 def repeat_tables(
-    groups: dict[str, list[dict[str, Any]]],
+    groups: dict[str, list[Job]],
     metrics: Sequence[str],
     pooled_metrics: dict[str, str],
     settings: BootstrapSettings,
-    decimals: int,
 ) -> dict[str, pd.DataFrame]:
     """The tables of the repeat groups: `groups`, one row per group (its backbone and body part, `repeats` as
     finished of all, each of `metrics` as mean ± sd, the `pooled_metrics` (name -> column) of its pooled
@@ -136,22 +124,22 @@ def repeat_tables(
         stats = repeat_statistics(label, members)
         statistics.append(stats)
         by_metric = stats.set_index("metric")
-        finished = sum(job["status"] == OK for job in members)
+        finished = sum(job.finished for job in members)
         row: dict[str, Any] = {
             "group": label,
-            "backbone": members[0]["backbone"],
-            "body_part": members[0]["body_part"],
+            "backbone": members[0].backbone,
+            "body_part": members[0].body_part,
             "repeats": f"{finished} of {len(members)}",
         }
         for metric in metrics:
             mean, sd = by_metric.loc[metric, ["mean", "sd"]] if metric in by_metric.index else (math.nan, math.nan)
-            row[metric] = spread_text(float(mean), float(sd), decimals)
+            row[metric] = spread_text(float(mean), float(sd))
         pooled, notes = pooled_predictions(members)
         table = pooled_intervals(pooled, settings) if pooled is not None else None
         for metric, column in pooled_metrics.items():
-            row[column] = interval_cell(table.loc["overall"], metric, decimals) if table is not None else ""
+            row[column] = overall_interval(table, metric) if table is not None else ""
         row["pooled studies"] = len(pooled) if pooled is not None else 0
-        left_out = [f"{job['job']} ({job['status']})" for job in members if job["status"] != OK]
+        left_out = [f"{job.name} ({job.status})" for job in members if not job.finished]
         row["left out"] = ", ".join([*left_out, *notes])
         rows.append(row)
         if table is not None:
