@@ -3,6 +3,8 @@ missing when no checkpoint is given."""
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,15 @@ def test_missing_checkpoint_is_a_clear_error():
 def test_a_checkpoint_that_is_not_there_names_the_path(tmp_path):
     with pytest.raises(MuraError, match=f"ckpt_path={tmp_path}/none.ckpt does not exist"):
         torch.hub.load(str(REPO_ROOT), "mura_classifier", source="local", checkpoint=tmp_path / "none.ckpt")
+
+
+def test_the_inference_model_docstring_example_runs(trained, tmp_path, monkeypatch, capsys):
+    ckpt, root = trained
+    (example,) = re.findall(r"```python\n(.*?)```", textwrap.dedent(InferenceModel.__doc__.split("Example:")[1]), re.S)
+    images = sorted(root.glob("valid/**/*.png"))[:2]
+    for name, image in zip(("image1.png", "image2.png"), images, strict=True):
+        (tmp_path / name).write_bytes(image.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    exec(example.replace("outputs/train/RUN/checkpoints/best-epoch005.ckpt", str(ckpt)), {})
+    expected = InferenceModel.from_checkpoints(str(ckpt), tta="hflip").predict(images).mean()
+    assert capsys.readouterr().out.startswith(f"study probability {expected:.3f}: ")

@@ -1,1 +1,12 @@
 """Lightning callbacks: metric figures and tables, CAM heatmaps, progress for terminals and log files."""
+
+from mura_lightning._exports import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "cam": ["CAMCallback"],
+        "metrics": ["MetricsReport"],
+        "progress": ["LogProgressBar", "progress_bar"],
+    },
+)

@@ -38,7 +38,30 @@ class InferenceModel(nn.Module):
     `threshold` (abnormal iff probability > threshold) and `study_aggregation` (a study's probability is the mean
     or max of its images') say how to turn the probabilities into decisions; `thresholds`, when not None, maps
     body parts to their own thresholds (`threshold_of`; parts it lacks use `threshold`). `describe()` says what
-    it is made of.
+    it is made of. Build it with `from_checkpoints` (or `from_classifiers`) rather than by hand; Torch Hub's
+    `mura_classifier` (hubconf.py) returns one.
+
+    Args:
+        nets: the members, each a `MemberInput`.
+        preprocessing: what the model takes (image size, channels, mean and std), the first member's.
+        threshold: abnormal iff probability > threshold.
+        study_aggregation: `mean` or `max` of a study's image probabilities.
+        tta: test-time augmentation, `none`, `hflip` or `hflip_rotate` (the mean probability over the views).
+        tta_degrees: the rotations of `hflip_rotate` (-tta_degrees and +tta_degrees).
+        names: each member's backbone, for `describe()`.
+        sources: each member's checkpoint, for `describe()`.
+        temperatures: each member's calibration temperature (1 for uncalibrated models); None: all 1.
+        thresholds: a threshold per body part, or None.
+
+    Example:
+        ```python
+        from mura_lightning.inference import InferenceModel
+
+        model = InferenceModel.from_checkpoints("outputs/train/RUN/checkpoints/best-epoch005.ckpt", tta="hflip")
+        probabilities = model.predict(["image1.png", "image2.png"])  # (2,): each radiograph's probability
+        study = probabilities.mean() if model.study_aggregation == "mean" else probabilities.max()
+        print(f"study probability {study:.3f}: {'abnormal' if study > model.threshold_of('wrist') else 'normal'}")
+        ```
     """
 
     def __init__(

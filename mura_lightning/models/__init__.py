@@ -1,1 +1,12 @@
 """Models: torchvision backbones with one logit, the losses, and the LightningModule."""
+
+from mura_lightning._exports import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "module": ["MURAClassifier", "NonFiniteLossError"],
+        "backbones": ["BackboneSpec", "PretrainedWeightsError", "backbone_spec", "build_backbone"],
+        "losses": ["BCELoss", "FocalLoss", "MuraLoss", "WeightedBCELoss"],
+    },
+)
