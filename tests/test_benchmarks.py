@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from helpers.runs import REPO_ROOT
 
 
 def run_benchmark(script: str, *args: str) -> dict[str, str]:

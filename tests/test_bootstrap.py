@@ -165,7 +165,7 @@ def test_bad_settings_are_refused_by_intervals_too():
 
 
 def test_the_config_defaults_are_valid():
-    from conftest import REPO_ROOT
+    from helpers.runs import REPO_ROOT
     from omegaconf import OmegaConf
 
     node = OmegaConf.load(REPO_ROOT / "conf/metrics/default.yaml").bootstrap

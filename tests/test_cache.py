@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_datamodule, compose_run
-from mura_trees import write_image
+from helpers.mura_trees import write_image
+from helpers.runs import build_datamodule, compose_run
 
 from mura_lightning.data import cache as cache_module
 from mura_lightning.data.cache import MANIFEST_FILE, build_cache

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, compose_run, read_predictions, run_evaluate, run_predict
-from mura_trees import standard_studies, write_tree
+from helpers.mura_trees import standard_studies, write_tree
+from helpers.runs import REPO_ROOT, compose_run, read_predictions, run_evaluate, run_predict
 
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.export import export, sidecar_path

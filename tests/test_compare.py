@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose, run_module
+from helpers.runs import compose, run_module
 from PIL import Image
 
 from mura_lightning.compare import COMPARE_CSV, COMPARE_MD, COMPARE_PNG, compare

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import build_datamodule
+from helpers.runs import build_datamodule
 
 from mura_lightning.data.datamodule import MURADataModule
 from mura_lightning.data.images import ImageDecodeError

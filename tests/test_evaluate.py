@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose, compose_run, read_predictions, run_module
+from helpers.runs import compose, compose_run, read_predictions, run_module
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose, compose_run, run_module
-from mura_trees import standard_studies, write_tree
+from helpers.mura_trees import standard_studies, write_tree
+from helpers.runs import compose, compose_run, run_module
 
 from mura_lightning.errors import MuraError
 from mura_lightning.export import export, main, sidecar_path

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import compose, read_predictions, run_module
+from helpers.runs import compose, read_predictions, run_module
 from torch.nn import functional as F
 
 DEVICE_VARIABLE = "MURA_GPU_TEST_DEVICE"

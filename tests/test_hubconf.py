@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, compose_run
-from mura_trees import standard_studies, write_tree
+from helpers.mura_trees import standard_studies, write_tree
+from helpers.runs import REPO_ROOT, compose_run
 
 from mura_lightning.errors import MuraError
 from mura_lightning.inference.checkpoints import load_classifier

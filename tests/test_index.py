@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from mura_trees import DATASET, Study, append_csv, write_csv, write_image, write_tree
+from helpers.mura_trees import DATASET, Study, append_csv, write_csv, write_image, write_tree
 
 from mura_lightning.data.index import (
     BODY_PARTS,

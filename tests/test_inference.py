@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, compose_run, read_predictions, run_evaluate, run_module, run_predict
-from mura_trees import standard_studies, write_tree
+from helpers.mura_trees import standard_studies, write_tree
+from helpers.runs import REPO_ROOT, compose_run, read_predictions, run_evaluate, run_module, run_predict
 from PIL import Image
 
 from mura_lightning.data.presets import Preprocessing

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
-from conftest import run_module
+from helpers.runs import run_module
 
 run_inspect = partial(run_module, "mura_lightning.data.inspect")
 

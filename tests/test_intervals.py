@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose, compose_run, read_predictions, run_evaluate, run_module
-from mura_trees import standard_studies, write_tree
+from helpers.mura_trees import standard_studies, write_tree
+from helpers.runs import compose, compose_run, read_predictions, run_evaluate, run_module
 from rich.console import Console
 
 from mura_lightning.evaluate import evaluate

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_run, run_module, tiny_run_overrides
+from helpers.runs import compose_run, run_module, tiny_run_overrides
 from sklearn import metrics as sk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error

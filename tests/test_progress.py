@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import compose, run_module, tiny_run_overrides
+from helpers.runs import compose, run_module, tiny_run_overrides
 from lightning.pytorch.callbacks import RichProgressBar
 
 from mura_lightning import progress as progress_module

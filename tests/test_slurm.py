@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, compose, run_module, tiny_run_overrides
+from helpers.runs import REPO_ROOT, compose, run_module, tiny_run_overrides
 
 from mura_lightning.cluster.slurm import JOB_FILE, hpc_checkpoint_path, requeue_signal
 from mura_lightning.errors import MuraError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from mura_trees import standard_studies, write_tree
+from helpers.mura_trees import standard_studies, write_tree
 
 from mura_lightning.data.index import MuraDataError, build_index
 from mura_lightning.data.splits import assign_subsets, class_counts

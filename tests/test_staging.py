@@ -12,7 +12,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import REPO_ROOT
+from helpers.runs import REPO_ROOT
 
 from mura_lightning.cluster.staging import OWNER_FILE, owner_is_gone, remove_dead_staging, staging_folder, this_process
 from mura_lightning.data.cache import MANIFEST_FILE, build_cache

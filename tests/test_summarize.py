@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose_run, run_module
-from mura_trees import standard_studies, write_tree
+from helpers.mura_trees import standard_studies, write_tree
+from helpers.runs import compose_run, run_module
 from rich.console import Console
 
 from mura_lightning import train as train_module

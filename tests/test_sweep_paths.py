@@ -9,7 +9,7 @@ import re
 import shutil
 
 import pytest
-from conftest import compose, run_module, tiny_run_overrides
+from helpers.runs import compose, run_module, tiny_run_overrides
 from hydra.errors import OverrideParseException
 
 from mura_lightning.resolvers import MAX_DIRNAME_LENGTH, job_dirname

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, compose, run_module
+from helpers.runs import REPO_ROOT, compose, run_module
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import roc_auc_score

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import build_datamodule
+from helpers.runs import build_datamodule
 
 from mura_lightning.synthetic import SyntheticDataError
 from mura_lightning.synthetic.datamodule import SyntheticMURADataModule

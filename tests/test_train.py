@@ -13,7 +13,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import REPO_ROOT, compose, compose_run, read_predictions, run_module, tiny_run_overrides
+from helpers.runs import REPO_ROOT, compose, compose_run, read_predictions, run_module, tiny_run_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -120,7 +120,7 @@ def test_resume_restores_epoch_optimizer_and_scheduler(mura_root, tmp_path):
             f"ckpt_path={last}",
             "trainer.max_epochs=3",
             "test=false",
-            "+callbacks.probe._target_=fakes.ResumeProbe",
+            "+callbacks.probe._target_=helpers.fakes.ResumeProbe",
             f"+callbacks.probe.path={probe}",
         )
     )
@@ -166,7 +166,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(mura_root, tmp_path):
 
 
 def test_nan_loss_stops_training_naming_the_step(mura_root, tmp_path):
-    cfg = compose_run(mura_root, tmp_path, "loss._target_=fakes.NaNLoss", "~loss.alpha", "~loss.gamma", "loss=focal")
+    cfg = compose_run(
+        mura_root, tmp_path, "loss._target_=helpers.fakes.NaNLoss", "~loss.alpha", "~loss.gamma", "loss=focal"
+    )
     with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 0, global step 1 \(batch 1\)"):
         train(cfg)
 

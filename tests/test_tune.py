@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO_ROOT, compose, run_module, tiny_run_overrides
+from helpers.runs import REPO_ROOT, compose, run_module, tiny_run_overrides
 from hydra import initialize_config_dir
 from optuna.trial import TrialState
 

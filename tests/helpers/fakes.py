@@ -1,4 +1,4 @@
-"""Test doubles reachable from Hydra configs (`_target_: fakes.X`)."""
+"""Test doubles reachable from Hydra configs (`_target_: helpers.fakes.X`)."""
 
 from __future__ import annotations
 
