@@ -208,10 +208,14 @@ def test_bad_value_is_a_one_line_error_with_exit_code_2(mura_root, tmp_path):
 
 
 def multirun(root, tmp_path, *args):
-    sweep = tmp_path / "sweep"
-    overrides = [o for o in tiny_run_overrides(root, tmp_path) if not o.startswith(("paths.output_dir", "bodypart"))]
-    result = run_cli("-m", *overrides, f"paths.log_dir={tmp_path}/outputs", f"hydra.sweep.dir={sweep}", *args)
-    return result, sweep
+    """A tiny sweep launched from tmp_path with neither paths.* nor hydra.sweep.dir, as users launch one; the
+    result and its folder, outputs/multirun/<date>_<time>/ (the only one: a DDP rank starting a sweep of its
+    own would add one)."""
+    overrides = [o for o in tiny_run_overrides(root, tmp_path) if not o.startswith(("paths.", "bodypart"))]
+    result = run_cli("-m", *overrides, *args, cwd=tmp_path)
+    sweeps = list((tmp_path / "outputs" / "multirun").glob("*"))
+    assert len(sweeps) == 1, f"{len(sweeps)} sweep folders: {result.stderr[-3000:]}"
+    return result, sweeps[0]
 
 
 def job_dirs(sweep):
@@ -244,7 +248,8 @@ def test_ddp_cpu_multirun_keeps_every_rank_in_its_job_folder(mura_root, tmp_path
     for job in jobs:
         assert read_results(job)["test/study/kappa"] is not None
         assert (job / "train_ddp_process_1.log").exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["MURA-v1.1", "sweep"], "a rank started its own run"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["MURA-v1.1", "outputs"], "a rank wrote elsewhere"
+    assert [path.name for path in (tmp_path / "outputs").iterdir()] == ["multirun"], "a rank started its own run"
     assert len(job_dirs(sweep)) == 2
 
 
