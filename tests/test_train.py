@@ -235,6 +235,7 @@ def test_a_failing_job_is_reported_and_the_others_keep_their_results(mura_root, 
     assert result.returncode != 0
     assert "data.val_fraction=1.5 must lie strictly between 0 and 1" in result.stderr
     good, bad = job_dirs(sweep)
+    assert (good.name.split("__")[0], bad.name.split("__")[0]) == ("0_data.val_fraction-0.3", "1_data.val_fraction-1.5")
     assert read_results(good)["body_parts"] == ["shoulder"]
     assert not (bad / "results.json").exists()
     assert "data.val_fraction=1.5" in (bad / "error.txt").read_text()

@@ -16,6 +16,7 @@ from conftest import REPO_ROOT, compose, run_module, tiny_run_overrides
 from hydra import initialize_config_dir
 from optuna.trial import TrialState
 
+from mura_lightning.dirnames import MAX_DIRNAME_LENGTH
 from mura_lightning.errors import MuraError
 from mura_lightning.io import ERROR_FILE, PRUNED_FILE, RESULTS_FILE
 from mura_lightning.search import require_optuna
@@ -152,6 +153,16 @@ def test_the_pruner_stops_trials_after_their_first_epoch(mura_root, tmp_path):
         assert reason.startswith("pruned after 1 of 3 epochs (current_epoch 0): val/study/kappa = ")
         assert list(trial.intermediate_values) == [0] and not (run_dir / RESULTS_FILE).exists()
     assert not (study_dir / "best_overrides.txt").exists() and (study_dir / "trials.csv").is_file()
+
+
+def test_searches_that_differ_only_far_into_a_long_command_get_studies_of_their_own(mura_root, tmp_path):
+    def study_dir(epochs: int) -> Path:  # resolved while its command's HydraConfig is set
+        return Path(
+            compose("tune", [*tiny_run_overrides(mura_root, tmp_path), *FAST, f"trainer.max_epochs={epochs}"]).study_dir
+        )
+
+    two, three = study_dir(2), study_dir(3)
+    assert two != three and max(len(two.name), len(three.name)) <= MAX_DIRNAME_LENGTH
 
 
 @pytest.mark.parametrize(
