@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.resolvers import job_overrides
 from mura_lightning.search import require_optuna
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def tune(cfg: DictConfig) -> dict[str, int]:
     space = parse_space(search.params, source)
     check_single_process(cfg)
     study_dir = Path(cfg.study_dir)
-    study = open_study(search, study_dir, source)
+    study = open_study(search, study_dir, source, job_overrides())
     interrupted = fail_interrupted(study)
     finished = sum(counts(study).values())
     missing = max(0, n_trials - finished)

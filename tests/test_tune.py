@@ -21,7 +21,7 @@ from mura_lightning.errors import MuraError
 from mura_lightning.io import ERROR_FILE, PRUNED_FILE, RESULTS_FILE
 from mura_lightning.search import require_optuna
 from mura_lightning.search.space import overrides, parse_space
-from mura_lightning.search.study import STUDY_DB
+from mura_lightning.search.study import SETTINGS_ATTR, STUDY_DB, check_settings
 from mura_lightning.tune import tune
 
 FAST = [  # one epoch of 3 batches, no test pass, no figures: a trial of a few seconds
@@ -163,6 +163,31 @@ def test_searches_that_differ_only_far_into_a_long_command_get_studies_of_their_
 
     two, three = study_dir(2), study_dir(3)
     assert two != three and max(len(two.name), len(three.name)) <= MAX_DIRNAME_LENGTH
+
+
+def test_a_study_resumed_with_other_settings_is_refused_naming_the_difference(mura_root, tmp_path):
+    named = [*ONLY_BATCH, "hparams_search.params.batch_size.choices=[4]", "hparams_search.study_name=shared"]
+    result, study_dir = run_tune(mura_root, tmp_path, *named, "hparams_search.n_trials=1")
+    assert result == {"complete": 1, "pruned": 0, "fail": 0}
+    message = (
+        r"study shared in .*optuna.db was created with other settings: optimizer.weight_decay=0.001 \(given now, "
+        r"not when the study was created\)\. To start another search, give it another name "
+        r"\(hparams_search.study_name=NAME\); to resume this one, run it with the settings it was created with: "
+        r"bodypart=\[shoulder,wrist\] .*hparams_search.study_name=shared"
+    )
+    with pytest.raises(MuraError, match=message):
+        run_tune(mura_root, tmp_path, *named, "hparams_search.n_trials=2", "optimizer.weight_decay=0.001")
+    assert len(load_study(study_dir).get_trials()) == 1, "no trial of the other settings joined the study"
+
+
+def test_a_study_from_before_settings_were_recorded_resumes_and_records_them(tmp_path):
+    study = optuna.create_study(study_name="old", storage=f"sqlite:///{tmp_path / STUDY_DB}")
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    check_settings(study, tmp_path, ["a=1", "b=x"])
+    assert study.user_attrs[SETTINGS_ATTR] == ["a=1", "b=x"]
+    check_settings(study, tmp_path, ["a=1", "b=x"])
+    with pytest.raises(MuraError, match=r"settings: a=2 \(created with a=1\); b=x \(given when the study was created"):
+        check_settings(study, tmp_path, ["a=2"])
 
 
 @pytest.mark.parametrize(
