@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.resolvers import job_overrides
 from mura_lightning.search import require_optuna
 
@@ -40,6 +41,7 @@ def tune(cfg: DictConfig) -> dict[str, int]:
     from mura_lightning.search.study import check_n_trials, counts, fail_interrupted, open_study
     from mura_lightning.search.trial import Objective, train_overrides
 
+    route_lightning_logs()
     source = search_source()
     search = cfg.hparams_search
     n_trials = check_n_trials(search.n_trials, source)

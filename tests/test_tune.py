@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -91,6 +92,8 @@ def test_a_killed_search_resumes_with_the_same_command_and_reaches_n_trials(mura
 
     result = run_module("mura_lightning.tune", *args)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("Seed set to") == 1, "the one trial run seeds once, and its line prints once"
+    assert not re.search(r"^INFO: ", result.stderr, flags=re.MULTILINE), "Lightning's own handler printed a line"
     (study_dir,) = tune_dir.iterdir()  # the same command found the same study
     trials = load_study(study_dir).get_trials()
     assert [trial.number for trial in trials] == [0, 1, 2, 3]
