@@ -1,25 +1,36 @@
 """The OmegaConf resolvers the configs use, registered when the package is imported so every entry point
-(train, evaluate, predict, a DDP child, a submitit job) can resolve `conf/hydra/default.yaml`."""
+(train, evaluate, predict, tune, a DDP child, a submitit job) can resolve `conf/hydra/default.yaml`."""
 
 from __future__ import annotations
 
-import re
+import os
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-DROPPED_CHARS = re.compile(r"[\[\]{}()'\"+~]")  # list brackets, quotes, the + and ~ of added and deleted keys
-UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")  # anything a shell or a Hydra override would need quoted
-MAX_DIRNAME_LENGTH = 120
-EMPTY_DIRNAME = "defaults"
+from mura_lightning.dirnames import dirname, sorted_overrides
 
 
-def job_dirname(overrides: str) -> str:
-    """A folder name made from a job's override string: letters, digits, `.`, `_` and `-` only (so a path in
-    it needs no quoting in a shell or a Hydra override), at most MAX_DIRNAME_LENGTH characters."""
-    name = UNSAFE_RUN.sub("_", DROPPED_CHARS.sub("", overrides)).strip("._-")
-    return name[:MAX_DIRNAME_LENGTH].rstrip("._-") or EMPTY_DIRNAME
+def launch_dir() -> str:
+    """The directory the command was launched from: Hydra's `runtime.cwd` once a job runs, and the working
+    directory before (a multirun names its sweep folder before any job's HydraConfig is set)."""
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
+def job_overrides() -> list[str]:
+    """The running job's command-line overrides that name it: all but
+    `hydra.job.config.override_dirname.exclude_keys`, sorted by key."""
+    hydra_cfg = HydraConfig.get()
+    exclude_keys = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+    return sorted_overrides(list(hydra_cfg.overrides.task), exclude_keys)
+
+
+def job_dirname() -> str:
+    """The running job's folder name (mura_lightning.dirnames) from its overrides that name it."""
+    return dirname(job_overrides())
 
 
 def register() -> None:
-    """Register `${mura.dirname:...}` (job_dirname) with OmegaConf."""
-    OmegaConf.register_new_resolver("mura.dirname", job_dirname, replace=True)
+    """Register `${mura.launch_dir:}` and `${mura.job_dirname:}` with OmegaConf."""
+    OmegaConf.register_new_resolver("mura.launch_dir", launch_dir, replace=True)
+    OmegaConf.register_new_resolver("mura.job_dirname", job_dirname, replace=True)

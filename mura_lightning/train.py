@@ -27,6 +27,7 @@ from mura_lightning.evaluation.metrics import LEVELS
 from mura_lightning.evaluation.outputs import write_predictions, write_scored_test
 from mura_lightning.evaluation.tables import print_metrics_table
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
+from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def optimized_value(results: dict[str, Any], cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point. A failing job leaves <run>/error.txt; in a multirun the other jobs still run."""
+    route_lightning_logs()
     try:
         with distributed_job():
             results = train(cfg)

@@ -11,6 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.lightning_logs import route_lightning_logs
+from mura_lightning.resolvers import job_overrides
 from mura_lightning.search import require_optuna
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,14 @@ def tune(cfg: DictConfig) -> dict[str, int]:
     from mura_lightning.search.study import check_n_trials, counts, fail_interrupted, open_study
     from mura_lightning.search.trial import Objective, train_overrides
 
+    route_lightning_logs()
     source = search_source()
     search = cfg.hparams_search
     n_trials = check_n_trials(search.n_trials, source)
     space = parse_space(search.params, source)
     check_single_process(cfg)
     study_dir = Path(cfg.study_dir)
-    study = open_study(search, study_dir, source)
+    study = open_study(search, study_dir, source, job_overrides())
     interrupted = fail_interrupted(study)
     finished = sum(counts(study).values())
     missing = max(0, n_trials - finished)

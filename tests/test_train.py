@@ -210,10 +210,14 @@ def test_bad_value_is_a_one_line_error_with_exit_code_2(mura_root, tmp_path):
 
 
 def multirun(root, tmp_path, *args):
-    sweep = tmp_path / "sweep"
-    overrides = [o for o in tiny_run_overrides(root, tmp_path) if not o.startswith(("paths.output_dir", "bodypart"))]
-    result = run_cli("-m", *overrides, f"paths.log_dir={tmp_path}/outputs", f"hydra.sweep.dir={sweep}", *args)
-    return result, sweep
+    """A tiny sweep launched from tmp_path with neither paths.* nor hydra.sweep.dir, as users launch one; the
+    result and its folder, outputs/multirun/<date>_<time>/ (the only one: a DDP rank starting a sweep of its
+    own would add one)."""
+    overrides = [o for o in tiny_run_overrides(root, tmp_path) if not o.startswith(("paths.", "bodypart"))]
+    result = run_cli("-m", *overrides, *args, cwd=tmp_path)
+    sweeps = list((tmp_path / "outputs" / "multirun").glob("*"))
+    assert len(sweeps) == 1, f"{len(sweeps)} sweep folders: {result.stderr[-3000:]}"
+    return result, sweeps[0]
 
 
 def job_dirs(sweep):
@@ -233,6 +237,7 @@ def test_a_failing_job_is_reported_and_the_others_keep_their_results(mura_root, 
     assert result.returncode != 0
     assert "data.val_fraction=1.5 must lie strictly between 0 and 1" in result.stderr
     good, bad = job_dirs(sweep)
+    assert (good.name.split("__")[0], bad.name.split("__")[0]) == ("0_data.val_fraction-0.3", "1_data.val_fraction-1.5")
     assert read_results(good)["body_parts"] == ["shoulder"]
     assert not (bad / "results.json").exists()
     assert "data.val_fraction=1.5" in (bad / "error.txt").read_text()
@@ -246,7 +251,8 @@ def test_ddp_cpu_multirun_keeps_every_rank_in_its_job_folder(mura_root, tmp_path
     for job in jobs:
         assert read_results(job)["test/study/kappa"] is not None
         assert (job / "train_ddp_process_1.log").exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["MURA-v1.1", "sweep"], "a rank started its own run"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["MURA-v1.1", "outputs"], "a rank wrote elsewhere"
+    assert [path.name for path in (tmp_path / "outputs").iterdir()] == ["multirun"], "a rank started its own run"
     assert len(job_dirs(sweep)) == 2
 
 

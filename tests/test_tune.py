@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -16,11 +17,12 @@ from helpers.runs import REPO_ROOT, compose, run_module, tiny_run_overrides
 from hydra import initialize_config_dir
 from optuna.trial import TrialState
 
+from mura_lightning.dirnames import MAX_DIRNAME_LENGTH
 from mura_lightning.errors import MuraError
 from mura_lightning.io import ERROR_FILE, PRUNED_FILE, RESULTS_FILE
 from mura_lightning.search import require_optuna
 from mura_lightning.search.space import overrides, parse_space
-from mura_lightning.search.study import STUDY_DB
+from mura_lightning.search.study import SETTINGS_ATTR, STUDY_DB, check_settings
 from mura_lightning.tune import tune
 
 FAST = [  # one epoch of 3 batches, no test pass, no figures: a trial of a few seconds
@@ -90,6 +92,8 @@ def test_a_killed_search_resumes_with_the_same_command_and_reaches_n_trials(mura
 
     result = run_module("mura_lightning.tune", *args)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("Seed set to") == 1, "the one trial run seeds once, and its line prints once"
+    assert not re.search(r"^INFO: ", result.stderr, flags=re.MULTILINE), "Lightning's own handler printed a line"
     (study_dir,) = tune_dir.iterdir()  # the same command found the same study
     trials = load_study(study_dir).get_trials()
     assert [trial.number for trial in trials] == [0, 1, 2, 3]
@@ -152,6 +156,41 @@ def test_the_pruner_stops_trials_after_their_first_epoch(mura_root, tmp_path):
         assert reason.startswith("pruned after 1 of 3 epochs (current_epoch 0): val/study/kappa = ")
         assert list(trial.intermediate_values) == [0] and not (run_dir / RESULTS_FILE).exists()
     assert not (study_dir / "best_overrides.txt").exists() and (study_dir / "trials.csv").is_file()
+
+
+def test_searches_that_differ_only_far_into_a_long_command_get_studies_of_their_own(mura_root, tmp_path):
+    def study_dir(epochs: int) -> Path:  # resolved while its command's HydraConfig is set
+        return Path(
+            compose("tune", [*tiny_run_overrides(mura_root, tmp_path), *FAST, f"trainer.max_epochs={epochs}"]).study_dir
+        )
+
+    two, three = study_dir(2), study_dir(3)
+    assert two != three and max(len(two.name), len(three.name)) <= MAX_DIRNAME_LENGTH
+
+
+def test_a_study_resumed_with_other_settings_is_refused_naming_the_difference(mura_root, tmp_path):
+    named = [*ONLY_BATCH, "hparams_search.params.batch_size.choices=[4]", "hparams_search.study_name=shared"]
+    result, study_dir = run_tune(mura_root, tmp_path, *named, "hparams_search.n_trials=1")
+    assert result == {"complete": 1, "pruned": 0, "fail": 0}
+    message = (
+        r"study shared in .*optuna.db was created with other settings: optimizer.weight_decay=0.001 \(given now, "
+        r"not when the study was created\)\. To start another search, give it another name "
+        r"\(hparams_search.study_name=NAME\); to resume this one, run it with the settings it was created with: "
+        r"bodypart=\[shoulder,wrist\] .*hparams_search.study_name=shared"
+    )
+    with pytest.raises(MuraError, match=message):
+        run_tune(mura_root, tmp_path, *named, "hparams_search.n_trials=2", "optimizer.weight_decay=0.001")
+    assert len(load_study(study_dir).get_trials()) == 1, "no trial of the other settings joined the study"
+
+
+def test_a_study_from_before_settings_were_recorded_resumes_and_records_them(tmp_path):
+    study = optuna.create_study(study_name="old", storage=f"sqlite:///{tmp_path / STUDY_DB}")
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    check_settings(study, tmp_path, ["a=1", "b=x"])
+    assert study.user_attrs[SETTINGS_ATTR] == ["a=1", "b=x"]
+    check_settings(study, tmp_path, ["a=1", "b=x"])
+    with pytest.raises(MuraError, match=r"settings: a=2 \(created with a=1\); b=x \(given when the study was created"):
+        check_settings(study, tmp_path, ["a=2"])
 
 
 @pytest.mark.parametrize(

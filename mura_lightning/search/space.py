@@ -146,12 +146,12 @@ def overrides(space: list[Param], values: Mapping[str, Any]) -> list[str]:
     return [f"{param.key}={override_value(values[param.name])}" for param in space if param.name in values]
 
 
-def folder_label(space: list[Param], values: Mapping[str, Any]) -> str:
-    """The drawn values as `name-value__name-value` with floats cut to FOLDER_DIGITS significant digits."""
+def folder_label(space: list[Param], values: Mapping[str, Any]) -> list[str]:
+    """The drawn values as `name=value`, in the space's order, floats cut to FOLDER_DIGITS significant digits."""
     parts = []
     for param in space:
         if param.name in values:
             value = values[param.name]
             shown = f"{value:.{FOLDER_DIGITS}g}" if isinstance(value, float) else override_value(value)
-            parts.append(f"{param.name}-{shown}")
-    return "__".join(parts)
+            parts.append(f"{param.name}={shown}")
+    return parts

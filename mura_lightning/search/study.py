@@ -11,6 +11,7 @@ from omegaconf import DictConfig, open_dict
 from optuna.trial import TrialState
 
 from mura_lightning.config import instantiate
+from mura_lightning.dirnames import override_key
 from mura_lightning.errors import MuraError
 from mura_lightning.io import ERROR_FILE, write_text_atomic
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 STUDY_DB = "optuna.db"
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 RUN_DIR_ATTR = "run_dir"  # the trial's user attribute holding its folder
+SETTINGS_ATTR = "settings"  # the study's user attribute: the overrides it was created with
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED_TEXT = "interrupted: the search process ended while this trial ran; marked failed when the search resumed\n"
 
@@ -37,9 +39,44 @@ def check_n_trials(n_trials: Any, source: str) -> int:
     return n_trials
 
 
-def open_study(search: DictConfig, study_dir: Path, source: str) -> optuna.Study:
-    """The study in <study_dir>/optuna.db, created or loaded. The sampler's seed is offset by the number of
-    trials already stored, so a resumed search draws new values rather than replaying its first ones."""
+def setting_changes(created: list[str], now: list[str]) -> list[str]:
+    """How the overrides `now` differ from those a study was `created` with, one phrase per key."""
+    before = {override_key(line): line for line in created}
+    after = {override_key(line): line for line in now}
+    changes = []
+    for key in sorted(before.keys() | after.keys()):
+        if key not in after:
+            changes.append(f"{before[key]} (given when the study was created, not now)")
+        elif key not in before:
+            changes.append(f"{after[key]} (given now, not when the study was created)")
+        elif before[key] != after[key]:
+            changes.append(f"{after[key]} (created with {before[key]})")
+    return changes
+
+
+def check_settings(study: optuna.Study, study_dir: Path, settings: list[str]) -> None:
+    """Record the overrides a new study is created with (the command's, which name it); refuse to resume a
+    study created with others, which would mix trials of two searches."""
+    created = study.user_attrs.get(SETTINGS_ATTR)
+    if created is None:
+        if study.get_trials(deepcopy=False):
+            log.warning("study %s has no recorded settings (an older search): recording these", study.study_name)
+        study.set_user_attr(SETTINGS_ATTR, settings)
+        return
+    changes = setting_changes(list(created), settings)
+    if changes:
+        raise MuraError(
+            f"study {study.study_name} in {study_dir / STUDY_DB} was created with other settings: "
+            f"{'; '.join(changes)}. To start another search, give it another name "
+            f"(hparams_search.study_name=NAME); to resume this one, run it with the settings it was created with: "
+            f"{' '.join(created) or 'none'}"
+        )
+
+
+def open_study(search: DictConfig, study_dir: Path, source: str, settings: list[str]) -> optuna.Study:
+    """The study in <study_dir>/optuna.db, created or loaded, made with the overrides `settings` (a study made
+    with others is refused). The sampler's seed is offset by the number of trials already stored, so a resumed
+    search draws new values rather than replaying its first ones."""
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / STUDY_DB}")
     study = optuna.create_study(
@@ -49,6 +86,7 @@ def open_study(search: DictConfig, study_dir: Path, source: str) -> optuna.Study
         pruner=instantiate(search.pruner),
         load_if_exists=True,
     )
+    check_settings(study, study_dir, settings)
     sampler_cfg = search.sampler.copy()
     stored = len(study.get_trials(deepcopy=False))
     if stored and sampler_cfg.get("seed") is not None:

@@ -20,9 +20,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from optuna_integration import PyTorchLightningPruningCallback
 
+from mura_lightning.dirnames import dirname
 from mura_lightning.errors import MuraError
 from mura_lightning.io import ERROR_FILE, HYDRA_DIR, PRUNED_FILE, write_text_atomic
-from mura_lightning.resolvers import job_dirname
 from mura_lightning.search.space import Param, folder_label, overrides, suggest
 from mura_lightning.search.study import RUN_DIR_ATTR
 from mura_lightning.train import optimized_value, train
@@ -68,8 +68,9 @@ def train_overrides(task_overrides: Sequence[str], space: list[Param]) -> list[s
 
 
 def trial_folder(study_dir: Path, number: int, space: list[Param], values: dict[str, Any]) -> Path:
-    """<study_dir>/<number>_<parameters>: a folder name of letters, digits, `.`, `_` and `-` only."""
-    return study_dir / f"{number}_{job_dirname(folder_label(space, values))}"
+    """<study_dir>/<number>_<parameters>: a folder name of letters, digits, `.`, `_` and `-` only
+    (mura_lightning.dirnames)."""
+    return study_dir / f"{number}_{dirname(folder_label(space, values))}"
 
 
 def compose_trial(run_overrides: list[str], run_dir: Path) -> DictConfig:
