@@ -44,6 +44,12 @@ def valid_split_rows(ckpt_path: str, cfg: DictConfig) -> tuple[Path, list[str], 
     root = cfg.data.root or trained_on.get("root")
     if root is None:
         raise MuraError(f"{ckpt_path} does not say which data it was trained on: pass data.root=/path/to/MURA-v1.1")
+    tried = Path(root).expanduser().absolute()
+    if not cfg.data.root and not tried.is_dir():
+        raise MuraError(
+            f"{ckpt_path} was trained on data.root={root}, which is not there (looked for {tried}): pass "
+            "data.root=/path/to/MURA-v1.1, the folder holding its valid/ split"
+        )
     body_parts = list(cfg.bodypart) if cfg.get("bodypart") else trained_on.get("body_parts") or "all"
     index = build_index(root, on_error=cfg.data.on_error, splits=(TEST_SPLIT,))
     rows = select_body_parts(index.frame, body_parts)

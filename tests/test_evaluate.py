@@ -235,3 +235,19 @@ def test_predict_bad_inputs_are_clear_errors(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MuraError, match="holds no radiographs"):
         run_predict(tmp_path, results["ckpt_path"], tmp_path / "empty")
+
+
+def test_evaluate_from_another_folder_names_the_data_root_it_tried(trained, tmp_path):
+    """A checkpoint holding a relative data.root (as older ones do) evaluated from another folder."""
+    checkpoint = torch.load(trained[1]["ckpt_path"], weights_only=True)
+    checkpoint["datamodule_hyper_parameters"]["root"] = "data/MURA-v1.1"
+    torch.save(checkpoint, tmp_path / "relative.ckpt")
+    finished = run_module("mura_lightning.evaluate", f"ckpt_path={tmp_path / 'relative.ckpt'}", cwd=tmp_path)
+    assert finished.returncode == 2
+    message = (
+        f"relative.ckpt was trained on data.root=data/MURA-v1.1, which is not there (looked for "
+        f"{tmp_path}/data/MURA-v1.1): pass data.root=/path/to/MURA-v1.1"
+    )
+    assert message in finished.stderr and "Traceback" not in finished.stderr
+    assert "synthetic" not in finished.stderr
+
