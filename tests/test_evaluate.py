@@ -4,6 +4,7 @@ clear errors for bad checkpoints and inputs."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -250,4 +251,47 @@ def test_evaluate_from_another_folder_names_the_data_root_it_tried(trained, tmp_
     )
     assert message in finished.stderr and "Traceback" not in finished.stderr
     assert "synthetic" not in finished.stderr
+
+
+def test_predict_with_no_readable_input_exits_2_naming_the_file(trained, tmp_path):
+    """A text file once gave "0 images predicted", exit 0, and rows for `/notes.txt` and `/`."""
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    ckpt = trained[1]["ckpt_path"]
+    for name, message in (
+        ("notes.txt", "input=notes.txt is not a radiograph: give a PNG, JPEG or DICOM file"),
+        ("broken.png", r"no input could be read: cannot decode image .*broken.png"),
+    ):
+        finished = run_module(
+            "mura_lightning.predict", f"ckpt_path={ckpt}", f"input={name}", "output=out", cwd=tmp_path
+        )
+        assert finished.returncode == 2, name
+        last = finished.stderr.strip().splitlines()[-1]
+        assert re.search(message, last) and "Traceback" not in finished.stderr, finished.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_predict_takes_jpegs_as_files_and_in_folders_alike(trained, tmp_path):
+    study = tmp_path / "XR_WRIST" / "patient1" / "study1_positive"
+    study.mkdir(parents=True)
+    Image.fromarray(np.linspace(0, 255, 48 * 40).reshape(48, 40).astype(np.uint8)).save(study / "image1.jpg")
+    ckpt = trained[1]["ckpt_path"]
+    one, _ = run_predict(tmp_path / "one", ckpt, study / "image1.jpg")
+    folder, _ = run_predict(tmp_path / "folder", ckpt, tmp_path / "XR_WRIST")
+    assert image_rows(one)["path"].tolist() == ["study1_positive/image1.jpg"]
+    assert image_rows(folder)["path"].tolist() == ["XR_WRIST/patient1/study1_positive/image1.jpg"]
+    assert image_rows(one)["prob"].iloc[0] == pytest.approx(image_rows(folder)["prob"].iloc[0], abs=1e-6)
+
+
+def test_predict_cam_overlays_are_drawn_over_the_original_radiograph(trained, tmp_path):
+    """Overlays were at the model's input size (32 px here), not the radiograph's."""
+    study = tmp_path / "XR_WRIST" / "patient1" / "study1_negative"
+    study.mkdir(parents=True)
+    gray = np.zeros((90, 70), np.uint8)
+    gray[:, 35:] = 255  # left half black, right half white: the overlay keeps the radiograph's layout
+    Image.fromarray(gray).save(study / "image1.png")
+    _, out = run_predict(tmp_path, trained[1]["ckpt_path"], study, "cam=true", "cam_image_weight=0.9")
+    picture = np.asarray(Image.open(out / "cams" / "study1_negative__image1.png"))
+    assert picture.shape == (90, 70, 3)
+    assert picture[:, :30].mean() < 60 and picture[:, 40:].mean() > 200
 
