@@ -295,3 +295,24 @@ def test_predict_cam_overlays_are_drawn_over_the_original_radiograph(trained, tm
     assert picture.shape == (90, 70, 3)
     assert picture[:, :30].mean() < 60 and picture[:, 40:].mean() > 200
 
+
+def test_an_ensemble_of_members_trained_on_other_body_parts_is_refused_naming_them(trained, tmp_path):
+    """A sweep over bodypart=shoulder,wrist was once scored as one ensemble on the first model's parts only."""
+    checkpoint = torch.load(trained[1]["ckpt_path"], weights_only=True)
+    members = {}
+    for number, part in enumerate(("shoulder", "wrist")):
+        checkpoint["datamodule_hyper_parameters"]["body_parts"] = [part]
+        members[part] = tmp_path / "sweep" / f"{number}_bodypart-{part}" / "checkpoints" / "best-epoch000.ckpt"
+        members[part].parent.mkdir(parents=True)
+        torch.save(checkpoint, members[part])
+    finished = run_module("mura_lightning.evaluate", "ckpt_path=sweep", cwd=tmp_path)
+    assert finished.returncode == 2 and "Traceback" not in finished.stderr
+    message = (
+        "the members of an ensemble must be trained on the same body parts; these were not: "
+        f"shoulder: ckpt_path=[{members['shoulder'].relative_to(tmp_path)}]; "
+        f"wrist: ckpt_path=[{members['wrist'].relative_to(tmp_path)}] "
+        "(evaluate or predict each part's members on their own)"
+    )
+    assert message in finished.stderr.strip().splitlines()[-1]
+    with pytest.raises(MuraError, match="must be trained on the same body parts"):
+        run_predict(tmp_path, f"[{members['shoulder']},{members['wrist']}]", trained[0] / "valid")

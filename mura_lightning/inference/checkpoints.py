@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mura_lightning.data.index import resolve_body_parts
 from mura_lightning.errors import MuraError
 from mura_lightning.models.backbones import state_dict_mismatch
 from mura_lightning.models.module import MURAClassifier, fill_missing_buffers
@@ -100,6 +102,23 @@ def _expand(entry: str) -> list[str]:
             raise CheckpointError(f"ckpt_path={entry} matches no file")
         return found
     return [entry]
+
+
+def trained_body_parts(paths: Sequence[str]) -> list[str] | None:
+    """The body parts the checkpoints were trained on (None when none of them says); members of an ensemble
+    trained on different body parts are a CheckpointError listing each part's members as a `ckpt_path`."""
+    members: dict[tuple[str, ...], list[str]] = {}
+    for path in paths:
+        saved = datamodule_settings(path).get("body_parts")
+        if saved:
+            members.setdefault(tuple(resolve_body_parts(saved)), []).append(path)
+    if len(members) > 1:
+        listing = "; ".join(f"{','.join(parts)}: ckpt_path=[{','.join(group)}]" for parts, group in members.items())
+        raise CheckpointError(
+            f"the members of an ensemble must be trained on the same body parts; these were not: {listing} "
+            "(evaluate or predict each part's members on their own)"
+        )
+    return list(next(iter(members))) if members else None
 
 
 def datamodule_settings(path: str | Path) -> dict[str, Any]:
