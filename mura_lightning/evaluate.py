@@ -9,18 +9,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import hydra
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mura_lightning.callbacks.metrics import figures
+from mura_lightning.cli import hydra_app
 from mura_lightning.data.index import BODY_PARTS, build_index, select_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.evaluation.outputs import write_scored_test
-from mura_lightning.inference.checkpoints import checkpoint_paths, datamodule_settings
+from mura_lightning.inference.checkpoints import check_checkpoints, checkpoint_paths, datamodule_settings
 from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.files import predict_files
 from mura_lightning.inference.model import InferenceModel
@@ -152,7 +152,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra_app("evaluate", check=check_checkpoints)
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""

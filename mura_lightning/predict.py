@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from mura_lightning.cli import hydra_app
 from mura_lightning.data.dicom import is_dicom, sop_instance_uid
 from mura_lightning.data.images import RADIOGRAPH_KINDS, ImageDecodeError, is_radiograph, read_grayscale
 from mura_lightning.data.index import body_part_of, folder_label
@@ -178,7 +178,7 @@ class CamWriter:
             write_atomically(self.folder / name, lambda tmp, p=picture: p.save(tmp, format="PNG"))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra_app("predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
