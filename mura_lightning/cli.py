@@ -46,7 +46,9 @@ def hydra_app(config_name: str, check: ConfigCheck | None = None) -> Callable[[C
         run_hydra = hydra.main(version_base=VERSION_BASE, config_path=str(CONFIG_DIR), config_name=config_name)(task)
 
         @functools.wraps(task)
-        def main() -> Any:
+        def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            if cfg_passthrough is not None:  # called with a composed config, as hydra.main allows: no command line
+                return run_hydra(cfg_passthrough)
             try:
                 check_command_line(config_name, sys.argv[1:], check)
             except MuraError as err:
@@ -60,7 +62,7 @@ def hydra_app(config_name: str, check: ConfigCheck | None = None) -> Callable[[C
 
 
 def check_command_line(config_name: str, argv: list[str], check: ConfigCheck | None = None) -> None:
-    """Compose `config_name` with the overrides of `argv` (each value of a sweep once) and raise an OverrideError
+    """Compose `config_name` with the overrides of `argv` (each option of a sweep once) and raise an OverrideError
     for a key or option it does not have, then run `check` on each composed config. Anything else Hydra would
     refuse is left for Hydra to report; command lines that change the config's source or ask for help are not
     checked."""
@@ -88,14 +90,19 @@ def _hydra_arguments(argv: list[str]) -> Any:
 
 
 def _override_samples(overrides: list[str]) -> Iterator[list[str]]:
-    """The override lists to compose so that every value of every sweep is composed once: the first value of
-    each, then each further value of a sweep with the others' first values. Overrides Hydra cannot parse, and
-    sweeps that cannot be listed (intervals), are left out."""
+    """The override lists to compose so that every option a sweep over a config group names is composed once:
+    the first value of each override, then each further option of a group sweep with the others' first values (a
+    sweep over a key, `seed=range(100)`, fails or passes on its key alone: its first value stands for all).
+    Overrides Hydra cannot parse, and sweeps that cannot be listed (intervals), are left out."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
         return
-    choices = [_values(override) for override in parsed]
+    loader = GlobalHydra.instance().config_loader()
+    choices = [
+        values if loader.get_group_options(override.key_or_group) else values[:1]
+        for override, values in ((override, _values(override)) for override in parsed)
+    ]
     choices = [values for values in choices if values]
     base = [values[0] for values in choices]
     yield base

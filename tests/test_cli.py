@@ -85,3 +85,16 @@ def test_the_evaluate_check_stops_at_a_missing_checkpoint_before_hydra(tmp_path)
     with pytest.raises(CheckpointError, match=f"ckpt_path={tmp_path}/gone.ckpt does not exist"):
         check_command_line("evaluate", [f"ckpt_path=[{tmp_path}/gone.ckpt]"], check_checkpoints)
     check_command_line("evaluate", [], check_checkpoints)  # ckpt_path ??? is for the job to report
+
+
+def test_a_sweep_over_a_key_is_composed_once_and_one_over_a_group_once_per_option(monkeypatch):
+    from mura_lightning import cli
+
+    composed = []
+    monkeypatch.setattr(cli, "_compose", lambda name, overrides: composed.append(overrides))
+    check_command_line("train", ["-m", "seed=range(50)", "bodypart=shoulder,wrist,hand"])
+    assert composed == [
+        ["seed=0", "bodypart=shoulder"],
+        ["seed=0", "bodypart=wrist"],
+        ["seed=0", "bodypart=hand"],
+    ]
