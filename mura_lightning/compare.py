@@ -16,12 +16,12 @@ import logging
 from functools import partial
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from mura_lightning.cli import hydra_app
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import (
     METRICS,
@@ -220,7 +220,7 @@ def compare(cfg: DictConfig) -> pd.DataFrame:
     return table
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
+@hydra_app("compare")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""

@@ -8,20 +8,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import hydra
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mura_lightning.callbacks.metrics import figures
+from mura_lightning.cli import hydra_app
 from mura_lightning.data.index import BODY_PARTS, build_index, select_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.evaluation.metrics import PredictionTable, StageMetrics
 from mura_lightning.evaluation.outputs import write_scored_test, write_submission
 from mura_lightning.evaluation.tables import print_metrics_table
-from mura_lightning.inference.checkpoints import checkpoint_paths, datamodule_settings
+from mura_lightning.inference.checkpoints import check_checkpoints, checkpoint_paths, datamodule_settings
 from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.files import predict_files
 from mura_lightning.inference.model import InferenceModel
@@ -43,6 +43,12 @@ def valid_split_rows(ckpt_path: str, cfg: DictConfig) -> tuple[Path, list[str], 
     root = cfg.data.root or trained_on.get("root")
     if root is None:
         raise MuraError(f"{ckpt_path} does not say which data it was trained on: pass data.root=/path/to/MURA-v1.1")
+    tried = Path(root).expanduser().absolute()
+    if not cfg.data.root and not tried.is_dir():
+        raise MuraError(
+            f"{ckpt_path} was trained on data.root={root}, which is not there (looked for {tried}): pass "
+            "data.root=/path/to/MURA-v1.1, the folder holding its valid/ split"
+        )
     body_parts = list(cfg.bodypart) if cfg.get("bodypart") else trained_on.get("body_parts") or "all"
     index = build_index(root, on_error=cfg.data.on_error, splits=(TEST_SPLIT,))
     rows = select_body_parts(index.frame, body_parts)
@@ -139,7 +145,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra_app("evaluate", check=check_checkpoints)
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
+from mura_lightning.cli import hydra_app
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.inference.model import DEFAULT_TTA_DEGREES, InferenceModel
 from mura_lightning.io import write_atomically, write_json_atomic
@@ -181,7 +181,7 @@ def export(
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra_app("export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Export cfg.ckpt_path and say where the model and its sidecar are."""

@@ -1,5 +1,5 @@
 """`python -m mura_lightning.predict ckpt_path=FILE input=PATH output=DIR [cam=true] [tta=hflip]`: probabilities
-for new radiographs (PNG or DICOM), per image and per study, with optional CAM overlays. `predictions.csv` names
+for new radiographs (PNG, JPEG or DICOM), per image and per study, with optional CAM overlays. `predictions.csv` names
 each file by its path (and a DICOM by its SOP Instance UID); nothing else is taken from DICOM headers."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from mura_lightning.cli import hydra_app
 from mura_lightning.data.dicom import is_dicom, sop_instance_uid
-from mura_lightning.data.images import ImageDecodeError, is_radiograph
+from mura_lightning.data.images import RADIOGRAPH_KINDS, ImageDecodeError, is_radiograph, read_grayscale
 from mura_lightning.data.index import body_part_of, folder_label
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.outputs import write_submission
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 IMAGE_PATHS_SUFFIX = "_image_paths.csv"
 COLUMNS = ["level", "path", "sop_instance_uid", "study", "body_part", "label", "prob", "pred", "error"]
 CAM_FOLDER = "cams"
+SHOWN_UNREADABLE = 5  # unreadable files named in the message when none could be read
 
 
 @dataclass(frozen=True)
@@ -52,23 +53,33 @@ def _describe(file: Path, name: str) -> Radiograph:
     return Radiograph(file, name, study, next((p for p in parts if p), ""), folder_label(file.parent.name))
 
 
-def collect_inputs(source: Path) -> tuple[list[Radiograph], bool]:
-    """The radiographs of `source` (an image, a study folder, a folder of studies, or an `*_image_paths.csv`
-    whose rows are relative to the parent of the dataset folder), and whether it was such a CSV."""
-    if not source.exists():
+def collect_inputs(given: Path) -> tuple[list[Radiograph], bool]:
+    """The radiographs of `given` (an image, a study folder, a folder of studies, or an `*_image_paths.csv`
+    whose rows are relative to the parent of the dataset folder), and whether it was such a CSV. A radiograph is
+    what `is_radiograph` says, for a file given alone as for the files of a folder or a CSV."""
+    if not given.exists():
         raise MuraError(
-            f"input={source} does not exist: give an image, a study folder, a folder of studies or an "
+            f"input={given} does not exist: give an image, a study folder, a folder of studies or an "
             f"*{IMAGE_PATHS_SUFFIX}"
         )
+    source = given.absolute()
     if source.is_file() and source.name.endswith(IMAGE_PATHS_SUFFIX):
         base = source.parent.parent
         rows = [line.strip() for line in source.read_text().splitlines() if line.strip()]
-        return [_describe(base / row, row) for row in rows if is_radiograph(base / row)], True
+        radiographs = [_describe(base / row, row) for row in rows if is_radiograph(base / row)]
+        if not radiographs:
+            raise MuraError(f"input={given} lists no {RADIOGRAPH_KINDS} files")
+        return radiographs, True
     if source.is_file():
+        if not is_radiograph(source):
+            raise MuraError(
+                f"input={given} is not a radiograph: give a {RADIOGRAPH_KINDS} file, a study folder, a folder of "
+                f"studies or an *{IMAGE_PATHS_SUFFIX}"
+            )
         return [_describe(source, f"{source.parent.name}/{source.name}")], False
     files = sorted(path for path in source.rglob("*") if path.is_file() and is_radiograph(path))
     if not files:
-        raise MuraError(f"input={source} holds no radiographs (PNG or DICOM files)")
+        raise MuraError(f"input={given} holds no radiographs ({RADIOGRAPH_KINDS} files)")
     return [_describe(path, path.relative_to(source.parent).as_posix()) for path in files], False
 
 
@@ -87,6 +98,9 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     result = predict_files(
         model, [r.file for r in radiographs], batch_size=cfg.batch_size, num_workers=cfg.num_workers, on_batch=cams
     )
+    if result.failed == len(radiographs):
+        more = f" (and {result.failed - SHOWN_UNREADABLE} more)" if result.failed > SHOWN_UNREADABLE else ""
+        raise MuraError(f"no input could be read: {'; '.join(result.errors[:SHOWN_UNREADABLE])}{more}")
     table = prediction_table(radiographs, result.probs, result.errors, model.threshold_of, model.study_aggregation)
     write_atomically(out / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
     if from_csv:
@@ -144,7 +158,8 @@ def prediction_table(radiographs, probs, errors, threshold_of: Callable[[str], f
 
 
 class CamWriter:
-    """Writes a CAM overlay PNG per readable image (named after its path) of the ensemble's first network."""
+    """Writes a CAM overlay PNG per readable image (named after its path) of the ensemble's first network, over
+    the radiograph at its own size (the map stretched back from the model's input size)."""
 
     def __init__(self, model: InferenceModel, radiographs: list[Radiograph], out: Path, cfg: DictConfig) -> None:
         self.net = model.members()[0]
@@ -156,13 +171,14 @@ class CamWriter:
 
     def __call__(self, batch: dict, probs: torch.Tensor) -> None:
         cams = compute_cams(self.net, self.layer, batch["input"], self.method)
-        for cam, gray, index in zip(cams, batch["pixels"][:, 0].numpy(), batch["index"].tolist(), strict=True):
-            picture = Image.fromarray(overlay(gray, cam, self.image_weight))
-            name = self.radiographs[index].name.replace("/", "__")
+        for cam, index in zip(cams, batch["index"].tolist(), strict=True):
+            radiograph = self.radiographs[index]
+            picture = Image.fromarray(overlay(read_grayscale(radiograph.file), cam, self.image_weight))
+            name = radiograph.name.replace("/", "__")
             write_atomically(self.folder / name, lambda tmp, p=picture: p.save(tmp, format="PNG"))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra_app("predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -17,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from mura_lightning.cli import hydra_app
 from mura_lightning.cluster import slurm
 from mura_lightning.cluster.hydra_ddp import distributed_job
 from mura_lightning.config import instantiate, instantiate_all
@@ -113,6 +113,11 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
     `extra_callbacks` join the configured ones (a search's pruning callback, say)."""
     if not cfg.train and not cfg.ckpt_path:
         raise MuraError("train=false needs ckpt_path=FILE: the checkpoint to test")
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).expanduser().is_file():
+        raise MuraError(
+            f"ckpt_path={cfg.ckpt_path} does not exist: pass the checkpoint to resume from (<run>/checkpoints/"
+            "last.ckpt), or leave ckpt_path out to start afresh"
+        )
     slurm.record_job(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(cfg)
@@ -165,7 +170,7 @@ def optimized_value(results: dict[str, Any], cfg: DictConfig) -> float:
     return float(results[cfg.optimized_metric])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra_app("train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point. A failing job leaves <run>/error.txt; in a multirun the other jobs still run."""
     route_lightning_logs()

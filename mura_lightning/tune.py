@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from mura_lightning.cli import hydra_app
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.resolvers import job_overrides
@@ -72,7 +72,7 @@ def tune(cfg: DictConfig) -> dict[str, int]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="tune")
+@hydra_app("tune")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""

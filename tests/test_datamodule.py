@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +123,16 @@ def test_the_fold_settings_choose_val(mura_root):
         training = set(table.loc[table["subset"] != "test", "patient"])
     assert val_patients[0].isdisjoint(val_patients[1])
     assert val_patients[0] | val_patients[1] == training
+
+
+def test_the_checkpoint_keeps_the_data_root_as_an_absolute_path(tmp_path, monkeypatch):
+    """A relative data.root stored as given broke evaluate run from another folder."""
+    monkeypatch.chdir(tmp_path)
+    datamodule = build_datamodule(Path("data") / "MURA-v1.1")
+    assert datamodule.hparams["root"] == str(tmp_path / "data" / "MURA-v1.1")
+    assert datamodule.root == tmp_path / "data" / "MURA-v1.1"
+
+
+def test_an_unset_data_root_is_an_error_naming_the_key(tmp_path):
+    with pytest.raises(MuraDataError, match=r"data.root is not set: pass data.root=/path/to/MURA-v1.1"):
+        build_datamodule("null")

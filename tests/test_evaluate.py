@@ -235,3 +235,79 @@ def test_predict_bad_inputs_are_clear_errors(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MuraError, match="holds no radiographs"):
         run_predict(tmp_path, results["ckpt_path"], tmp_path / "empty")
+
+
+def test_evaluate_from_another_folder_names_the_data_root_it_tried(trained, tmp_path):
+    """A checkpoint holding a relative data.root (as older ones do) evaluated from another folder."""
+    checkpoint = torch.load(trained[1]["ckpt_path"], weights_only=True)
+    checkpoint["datamodule_hyper_parameters"]["root"] = "data/MURA-v1.1"
+    torch.save(checkpoint, tmp_path / "relative.ckpt")
+    finished = run_module("mura_lightning.evaluate", f"ckpt_path={tmp_path / 'relative.ckpt'}", cwd=tmp_path)
+    assert finished.returncode == 2
+    message = (
+        f"relative.ckpt was trained on data.root=data/MURA-v1.1, which is not there (looked for "
+        f"{tmp_path}/data/MURA-v1.1): pass data.root=/path/to/MURA-v1.1"
+    )
+    assert message in finished.stderr and "Traceback" not in finished.stderr
+    assert "synthetic" not in finished.stderr
+
+
+def test_predict_with_no_readable_input_exits_2_naming_the_file(trained, tmp_path):
+    """A text file once gave "0 images predicted", exit 0, and rows for `/notes.txt` and `/`."""
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    ckpt = trained[1]["ckpt_path"]
+    finished = run_module("mura_lightning.predict", f"ckpt_path={ckpt}", "input=notes.txt", "output=out", cwd=tmp_path)
+    assert finished.returncode == 2 and "Traceback" not in finished.stderr
+    last = finished.stderr.strip().splitlines()[-1]
+    assert "input=notes.txt is not a radiograph: give a PNG, JPEG or DICOM file" in last
+    with pytest.raises(MuraError, match=r"no input could be read: cannot decode image .*broken.png"):
+        run_predict(tmp_path, ckpt, tmp_path / "broken.png")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pred").exists()
+
+
+def test_predict_takes_jpegs_as_files_and_in_folders_alike(trained, tmp_path):
+    study = tmp_path / "XR_WRIST" / "patient1" / "study1_positive"
+    study.mkdir(parents=True)
+    Image.fromarray(np.linspace(0, 255, 48 * 40).reshape(48, 40).astype(np.uint8)).save(study / "image1.jpg")
+    ckpt = trained[1]["ckpt_path"]
+    one, _ = run_predict(tmp_path / "one", ckpt, study / "image1.jpg")
+    folder, _ = run_predict(tmp_path / "folder", ckpt, tmp_path / "XR_WRIST")
+    assert image_rows(one)["path"].tolist() == ["study1_positive/image1.jpg"]
+    assert image_rows(folder)["path"].tolist() == ["XR_WRIST/patient1/study1_positive/image1.jpg"]
+    assert image_rows(one)["prob"].iloc[0] == pytest.approx(image_rows(folder)["prob"].iloc[0], abs=1e-6)
+
+
+def test_predict_cam_overlays_are_drawn_over_the_original_radiograph(trained, tmp_path):
+    """Overlays were at the model's input size (32 px here), not the radiograph's."""
+    study = tmp_path / "XR_WRIST" / "patient1" / "study1_negative"
+    study.mkdir(parents=True)
+    gray = np.zeros((90, 70), np.uint8)
+    gray[:, 35:] = 255  # left half black, right half white: the overlay keeps the radiograph's layout
+    Image.fromarray(gray).save(study / "image1.png")
+    _, out = run_predict(tmp_path, trained[1]["ckpt_path"], study, "cam=true", "cam_image_weight=0.9")
+    picture = np.asarray(Image.open(out / "cams" / "study1_negative__image1.png"))
+    assert picture.shape == (90, 70, 3)
+    assert picture[:, :30].mean() < 60 and picture[:, 40:].mean() > 200
+
+
+def test_an_ensemble_of_members_trained_on_other_body_parts_is_refused_naming_them(trained, tmp_path):
+    """A sweep over bodypart=shoulder,wrist was once scored as one ensemble on the first model's parts only."""
+    checkpoint = torch.load(trained[1]["ckpt_path"], weights_only=True)
+    members = {}
+    for number, part in enumerate(("shoulder", "wrist")):
+        checkpoint["datamodule_hyper_parameters"]["body_parts"] = [part]
+        members[part] = tmp_path / "sweep" / f"{number}_bodypart-{part}" / "checkpoints" / "best-epoch000.ckpt"
+        members[part].parent.mkdir(parents=True)
+        torch.save(checkpoint, members[part])
+    finished = run_module("mura_lightning.evaluate", "ckpt_path=sweep", cwd=tmp_path)
+    assert finished.returncode == 2 and "Traceback" not in finished.stderr
+    message = (
+        "the members of an ensemble must be trained on the same body parts; these were not: "
+        f"shoulder: ckpt_path=[{members['shoulder'].relative_to(tmp_path)}]; "
+        f"wrist: ckpt_path=[{members['wrist'].relative_to(tmp_path)}] "
+        "(evaluate or predict each part's members on their own)"
+    )
+    assert message in finished.stderr.strip().splitlines()[-1]
+    with pytest.raises(MuraError, match="must be trained on the same body parts"):
+        run_predict(tmp_path, f"[{members['shoulder']},{members['wrist']}]", trained[0] / "valid")

@@ -156,10 +156,9 @@ def test_predict_step_passes_over_an_all_unreadable_batch(trained):
 
 def test_predict_errors_give_advice_predict_can_follow(trained, tmp_path):
     root, broken = tree_with_a_broken_image(tmp_path / "tree")
-    table = run_predict(tmp_path / "pred", trained[1], Path(broken))
-    error = table.loc[table["level"] == "image", "error"].iloc[0]
-    assert error.startswith(f"cannot decode image {broken}") and "Replace or remove the file" in error
-    assert "on_error" not in error
+    with pytest.raises(MuraError, match=f"no input could be read: cannot decode image {broken}") as raised:
+        run_predict(tmp_path / "pred", trained[1], Path(broken))
+    assert "Replace or remove the file" in str(raised.value) and "on_error" not in str(raised.value)
 
 
 def test_checkpoints_from_before_preprocessing_owned_in_chans_still_load(trained, tmp_path):

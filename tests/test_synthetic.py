@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.synthetic import SyntheticDataError, generate_synthetic_mura, load_spec, write
 from mura_lightning.synthetic.plan import plan_studies
+from mura_lightning.synthetic.record import SETTINGS_FILE, read_settings, recorded_settings
 from mura_lightning.synthetic.render import render_image
 from mura_lightning.synthetic.spec import DEFAULTS_FILE, LESION_KINDS
 
@@ -64,7 +65,11 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 def test_layout_is_the_official_one(tree):
     assert sorted(p.name for p in tree.iterdir()) == ["MURA-v1.1", "lesions.csv"]
-    assert sorted(p.name for p in (tree / "MURA-v1.1").iterdir()) == sorted([*OFFICIAL_CSVS, "train", "valid"])
+    assert sorted(p.name for p in (tree / "MURA-v1.1").iterdir()) == sorted(
+        [*OFFICIAL_CSVS, SETTINGS_FILE, "train", "valid"]
+    )
+    asked = load_spec(root="elsewhere", studies_per_part=5, seed=0, **{**SMALL, "num_workers": 3})
+    assert read_settings(tree / "MURA-v1.1") == recorded_settings(asked)
     for path in image_rows(tree):
         split, part, patient, study, image = path.split("/")[1:]
         assert split in ("train", "valid") and part in {f"XR_{p.upper()}" for p in BODY_PARTS}

@@ -58,8 +58,14 @@ class MURADataModule(LightningDataModule):
         fold: int | None = None,
     ) -> None:
         super().__init__()
+        if not root:
+            raise MuraDataError(
+                "data.root is not set: pass data.root=/path/to/MURA-v1.1 (the folder holding train/, valid/ and the "
+                "official CSVs), or data=synthetic to train on a generated one"
+            )
+        root = str(Path(root).expanduser().absolute())  # what the checkpoint keeps: valid from any folder
         self.save_hyperparameters(logger=False)
-        self.root = Path(root).expanduser()
+        self.root = Path(root)
         self.body_parts = resolve_body_parts(body_parts)
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -8,11 +8,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mura_lightning.data.dicom import has_dicom_suffix, is_dicom, read_dicom
-from mura_lightning.data.index import is_dataset_image
 from mura_lightning.errors import ImageDecodeError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 SIXTEEN_BIT_MAX = 65535
+RADIOGRAPH_SUFFIXES = (".png", ".jpg", ".jpeg")  # besides DICOM files, whatever their name
+RADIOGRAPH_KINDS = "PNG, JPEG or DICOM"  # the same, for messages
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
@@ -30,9 +31,12 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
 
 
 def is_radiograph(path: str | Path) -> bool:
-    """True for a file predict takes as a radiograph: a dataset PNG, or a DICOM file that is not hidden."""
+    """True for a file predict takes as a radiograph, given alone or found in a folder: a PNG or JPEG (by its
+    suffix), or a DICOM file; never a hidden one (AppleDouble `._*` files)."""
     path = Path(path)
-    return is_dataset_image(path.name) or (not path.name.startswith(".") and is_dicom(path))
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in RADIOGRAPH_SUFFIXES or is_dicom(path)
 
 
 def read_grayscale(path: str | Path) -> np.ndarray:

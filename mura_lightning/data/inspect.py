@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from mura_lightning.cli import hydra_app
 from mura_lightning.data.index import MuraIndex, build_index, select_body_parts
 from mura_lightning.errors import MuraError, exit_on_user_error
 
@@ -74,7 +74,7 @@ def print_table(data: dict, console: Console) -> None:
     console.print(f"skipped: {skipped}")
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="inspect")
+@hydra_app("inspect")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Index data.root and print its counts per split and body part."""

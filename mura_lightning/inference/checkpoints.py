@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
+from mura_lightning.data.index import resolve_body_parts
 from mura_lightning.errors import MuraError
 from mura_lightning.models.backbones import state_dict_mismatch
 from mura_lightning.models.module import MURAClassifier, fill_missing_buffers
@@ -21,9 +24,7 @@ class CheckpointError(MuraError):
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint file's contents, loaded with `weights_only=True` (no code from the pickle runs)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={path} does not exist; pass a .ckpt from <run>/checkpoints/")
+    path = require_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -35,6 +36,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a mura-lightning checkpoint (it has no model hyperparameters)")
     return checkpoint
+
+
+def require_file(path: str | Path) -> Path:
+    """`path` when it is a file; a CheckpointError saying where checkpoints are when it is not."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path} does not exist; pass a .ckpt from <run>/checkpoints/")
+    return path
 
 
 def load_classifier(path: str | Path, expected_backbone: str | None = None) -> MURAClassifier:
@@ -100,6 +109,30 @@ def _expand(entry: str) -> list[str]:
             raise CheckpointError(f"ckpt_path={entry} matches no file")
         return found
     return [entry]
+
+
+def check_checkpoints(cfg: DictConfig) -> None:
+    """Every checkpoint `cfg.ckpt_path` stands for exists (see `checkpoint_paths`), else a CheckpointError: an
+    entry point's check before its run folder is made."""
+    for path in checkpoint_paths(cfg.ckpt_path):
+        require_file(path)
+
+
+def trained_body_parts(paths: Sequence[str]) -> list[str] | None:
+    """The body parts the checkpoints were trained on (None when none of them says); members of an ensemble
+    trained on different body parts are a CheckpointError listing each part's members as a `ckpt_path`."""
+    members: dict[tuple[str, ...], list[str]] = {}
+    for path in paths:
+        saved = datamodule_settings(path).get("body_parts")
+        if saved:
+            members.setdefault(tuple(resolve_body_parts(saved)), []).append(path)
+    if len(members) > 1:
+        listing = "; ".join(f"{','.join(parts)}: ckpt_path=[{','.join(group)}]" for parts, group in members.items())
+        raise CheckpointError(
+            f"the members of an ensemble must be trained on the same body parts; these were not: {listing} "
+            "(evaluate or predict each part's members on their own)"
+        )
+    return list(next(iter(members))) if members else None
 
 
 def datamodule_settings(path: str | Path) -> dict[str, Any]:

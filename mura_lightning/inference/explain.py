@@ -12,6 +12,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
+from torch.nn import functional as F
 
 from mura_lightning.errors import MuraError
 
@@ -64,7 +65,11 @@ def compute_cams(model: nn.Module, target_layer: nn.Module, inputs: torch.Tensor
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, image_weight: float) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB picture: the uint8 radiograph under the CAM's jet heatmap."""
+    """An (H, W, 3) uint8 RGB picture: the (H, W) uint8 radiograph under the CAM's jet heatmap, the CAM stretched
+    to the radiograph's size (bilinear) where it was computed at the model's input size."""
+    if cam.shape != gray.shape:
+        grid = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+        cam = F.interpolate(grid, size=gray.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
     rgb = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=2)
     return show_cam_on_image(rgb, cam, use_rgb=True, image_weight=image_weight)
 

@@ -17,7 +17,7 @@ from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.data.presets import EvalPreset, Preprocessing
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.thresholds import threshold_in_force
-from mura_lightning.inference.checkpoints import checkpoint_paths, load_classifier
+from mura_lightning.inference.checkpoints import checkpoint_paths, load_classifier, trained_body_parts
 from mura_lightning.inference.tta import TestTimeAugmentation
 from mura_lightning.models.backbones import cam_target_layer
 from mura_lightning.models.module import MURAClassifier
@@ -134,9 +134,11 @@ class InferenceModel(nn.Module):
 
     @classmethod
     def from_checkpoints(cls, ckpt_path: Any, **options: Any) -> InferenceModel:
-        """The model of one checkpoint, or the ensemble of several (`ckpt_path` a path or a list of paths), loaded
-        with `weights_only`; `options` as for `from_classifiers`."""
+        """The model of one checkpoint, or the ensemble of several (`ckpt_path` a path or a list of paths, whose
+        members must have been trained on the same body parts), loaded with `weights_only`; `options` as for
+        `from_classifiers`."""
         paths = checkpoint_paths(ckpt_path)
+        trained_body_parts(paths)
         return cls.from_classifiers([load_classifier(path) for path in paths], sources=paths, **options)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ the same bytes in every file, however many workers render.
 
 The stages, one module each: spec (settings and their defaults), plan (patients, studies, splits, labels),
 anatomy and view (bones, placed in an image), draw and lesions (the attenuation grid), render (one image,
-one study), write (files and CSVs); datamodule holds SyntheticMURADataModule, which generates on first use.
+one study), write (files and CSVs), record (the settings kept in the tree, checked before a tree is reused);
+datamodule holds SyntheticMURADataModule, which generates on first use.
 """
 
 from mura_lightning.synthetic.spec import MIN_STUDIES_PER_PART, SyntheticDataError, SyntheticSpec, load_spec

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mura_lightning.cli import hydra_app
 from mura_lightning.errors import exit_on_user_error
 from mura_lightning.synthetic.write import generate_synthetic_mura
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="synthetic")
+@hydra_app("synthetic")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Generate synthetic MURA with conf/synthetic.yaml (the package's defaults) and the command line's overrides."""

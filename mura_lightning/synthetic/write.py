@@ -17,6 +17,7 @@ import numpy as np
 
 from mura_lightning.data.lesions import LESION_COLUMNS, LESIONS_FILE
 from mura_lightning.synthetic.plan import DATASET_DIR, SPLITS, StudyPlan, plan_studies
+from mura_lightning.synthetic.record import write_settings
 from mura_lightning.synthetic.render import render_study
 from mura_lightning.synthetic.spec import SyntheticDataError, SyntheticSpec, load_spec
 
@@ -91,9 +92,9 @@ def _write_csvs(out_dir: Path, plans: list[StudyPlan], images: list[str], lesion
 def generate_synthetic_mura(root: str | Path, studies_per_part: int, seed: int, **knobs: Any) -> Path:
     """Write a synthetic MURA-v1.1 tree and lesions.csv under `root`; returns root/MURA-v1.1.
 
-    `knobs` override the package's defaults.yaml (e.g. max_side=256, num_workers=1). The tree is built in a
-    hidden sibling folder and renamed into place at the end, so an interrupted run leaves no
-    MURA-v1.1 folder; an existing one is never overwritten.
+    `knobs` override the package's defaults.yaml (e.g. max_side=256, num_workers=1). The settings are recorded
+    in the tree (record.SETTINGS_FILE). The tree is built in a hidden sibling folder and renamed into place at
+    the end, so an interrupted run leaves no MURA-v1.1 folder; an existing one is never overwritten.
     """
     spec = load_spec(root=str(root), studies_per_part=studies_per_part, seed=seed, **knobs)
     root = Path(spec.root).expanduser()
@@ -109,6 +110,7 @@ def generate_synthetic_mura(root: str | Path, studies_per_part: int, seed: int, 
     try:
         images, lesions = _write_all(plans, spec, staging)
         _write_csvs(staging, plans, images, lesions)
+        write_settings(staging / DATASET_DIR, spec)
         os.replace(staging / LESIONS_FILE, root / LESIONS_FILE)
         os.replace(staging / DATASET_DIR, target)
     finally:
