@@ -66,7 +66,7 @@ def test_class_counts_are_taken_on_the_train_subset(mura_root):
 
 
 def test_balanced_sampler_draws_both_classes_equally_often(tmp_path):
-    from mura_trees import Study, write_tree
+    from helpers.mura_trees import Study, write_tree
 
     studies = [Study("train", "hand", p, 1, label=int(p % 5 == 0), images=1) for p in range(1, 101)]
     studies.append(Study("valid", "hand", 200, 1, 0))
@@ -105,7 +105,7 @@ def test_corrupt_image_is_dropped_once_with_a_warning_under_skip(mura_root, capl
 
 
 def test_empty_subset_is_an_error(tmp_path):
-    from mura_trees import Study, write_tree
+    from helpers.mura_trees import Study, write_tree
 
     root = write_tree(tmp_path, [Study("train", "hand", p, 1, p % 2) for p in range(1, 9)])
     with pytest.raises(MuraDataError, match="the test subset of hand .* is empty"):

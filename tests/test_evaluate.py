@@ -26,7 +26,7 @@ from mura_lightning.train import train
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny tree and two checkpoints trained on it (DenseNet-169, ResNet-50 with one input channel)."""
-    from mura_trees import standard_studies, write_tree
+    from helpers.mura_trees import standard_studies, write_tree
 
     tmp = tmp_path_factory.mktemp("trained")
     root = write_tree(tmp, standard_studies())

@@ -230,7 +230,7 @@ CALIBRATED = ("metrics.tune_threshold=true", "metrics.threshold_per_body_part=tr
 def finished_run(tmp_path_factory):
     """A tiny two-epoch run over shoulder and wrist, with per-body-part threshold tuning and temperature scaling;
     its results and run folder."""
-    from mura_trees import standard_studies, write_tree
+    from helpers.mura_trees import standard_studies, write_tree
 
     tmp = tmp_path_factory.mktemp("metrics_run")
     root = write_tree(tmp, standard_studies())
