@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from mura_lightning.callbacks.layout import figure_tag
 from mura_lightning.data.images import read_grayscale
 from mura_lightning.data.lesions import read_lesion_boxes
 from mura_lightning.data.presets import EvalPreset
@@ -40,8 +41,8 @@ class CAMCallback(Callback):
     """Every `every_n_epochs` validation epochs and at the end of testing, on rank 0: CAMs (grad-cam `method`
     on the model's `cam_layer`, target the abnormal logit) of a fixed sample of `num_images` images of the
     stage, half normal and half abnormal, spread over body parts, drawn as one grid under the TensorBoard
-    tag `{stage}/cam` (each tile captioned with body part, label and predicted probability; lesion boxes
-    outlined where known).
+    tag `{stage}/1_cam` (`figure_tag`; each tile captioned with body part, label and predicted probability;
+    lesion boxes outlined where known).
 
     When the data has lesion boxes (synthetic MURA), it also logs `{stage}/cam/pointing_game` (share of
     abnormal images whose CAM maximum lies in a lesion box), `{stage}/cam/iou` (IoU of the CAM above
@@ -90,7 +91,7 @@ class CAMCallback(Callback):
         grid = self._grid(images.pixels, cams, sample, probs, image_boxes)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(f"{stage}/cam", grid, global_step=trainer.global_step)
+                logger.experiment.add_image(figure_tag(stage, "cam"), grid, global_step=trainer.global_step)
         values = {f"{stage}/cam/seconds": time.perf_counter() - started}
         if boxes:
             values.update(self._localisation(pl_module, datamodule, rows, boxes, stage))
