@@ -28,6 +28,8 @@ from mura_lightning.evaluation.outputs import write_predictions, write_scored_te
 from mura_lightning.evaluation.tables import print_metrics_table
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
+from mura_lightning.reporting.build import ReportSettings
+from mura_lightning.reporting.write import write_report
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
     `extra_callbacks` join the configured ones (a search's pruning callback, say)."""
     if not cfg.train and not cfg.ckpt_path:
         raise MuraError("train=false needs ckpt_path=FILE: the checkpoint to test")
+    if cfg.get("report") and not cfg.test:
+        raise MuraError("report=true needs test=true: the report shows the test of the best checkpoint")
     slurm.record_job(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(cfg)
@@ -143,6 +147,8 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
         print_metrics_table(results, "test" if cfg.test else "val")
         path = write_json_atomic(out / RESULTS_FILE, results)
         log.info("results: %s", path)
+        if cfg.get("report"):
+            write_report(out, ReportSettings.from_config(cfg.reporting))
     return results
 
 
