@@ -11,7 +11,7 @@ import pytest
 from helpers.runs import compose, run_module
 from PIL import Image
 
-from mura_lightning.compare import COMPARE_CSV, COMPARE_MD, COMPARE_PNG, compare
+from mura_lightning.compare import COMPARE_CSV, COMPARE_MD, COMPARE_PNG, compare, forest_plot
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.delong import delong_test
 from mura_lightning.evaluation.outputs import predictions_file
@@ -192,6 +192,7 @@ def test_models_are_named_by_what_differs_between_them_not_by_their_folders(runs
     assert set(table["reference_label"]) == {"densenet169"} and set(table["run_label"]) == {"resnet50"}
     assert "## B = resnet50 against A = densenet169" in (tmp_path / "out" / COMPARE_MD).read_text()
     assert list(pd.read_csv(tmp_path / "out" / COMPARE_CSV)["run_label"].unique()) == ["resnet50"]
+    assert forest_plot(table, 0.95).get_suptitle().startswith("B = resnet50 vs A = densenet169")
 
 
 def test_an_evaluation_is_named_by_its_training_runs_overrides_and_its_own(tmp_path):

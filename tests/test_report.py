@@ -243,3 +243,19 @@ def test_tensorboards_custom_scalars_tab_shows_the_body_part_chart(reported, tmp
     assert titles >= 1
     assert not log.errors, log.errors
     assert all(request.startswith(url) or request.startswith("data:") for request in log.requests)
+
+
+def test_a_run_folders_config_is_resolved_against_its_own_hydra_settings(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+
+    from mura_lightning.reporting.source import resolved_config
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(
+        "paths:\n  output_dir: ${hydra:runtime.output_dir}\n  data_dir: ${paths.output_dir}/data\n"
+    )
+    (tmp_path / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    output_dir: /runs/one\n")
+    compose("report", [f"dir={tmp_path}"])  # a running app's own Hydra settings, which must survive
+    running = HydraConfig.instance().cfg
+    assert resolved_config(tmp_path) == {"paths": {"output_dir": "/runs/one", "data_dir": "/runs/one/data"}}
+    assert HydraConfig.instance().cfg is running

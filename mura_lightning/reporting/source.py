@@ -137,7 +137,7 @@ def trained_config(run_folder: Path | None, ckpt_path: str | None) -> tuple[dict
     if ckpt_path and Path(ckpt_path).is_file():
         checkpoint = read_checkpoint(ckpt_path)
         saved = {"model": checkpoint["hyper_parameters"], "data": checkpoint.get("datamodule_hyper_parameters")}
-        return saved, f"{ckpt_path} (its saved model and data settings; the training run folder is gone)"
+        return saved, f"{ckpt_path}: its saved model and data settings (no training run folder with .hydra/)"
     return None, "neither the training run folder nor its checkpoint is there any more"
 
 
@@ -165,7 +165,7 @@ def _hydra_settings(hydra_config) -> Iterator[None]:
     saved = instance.cfg
     try:
         if hydra_config is not None:
-            instance.set_config(hydra_config)
+            instance.cfg = hydra_config  # what `${hydra:...}` reads; set_config would want Hydra's typed node
         yield
     finally:
         instance.cfg = saved
