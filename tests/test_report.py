@@ -259,3 +259,23 @@ def test_a_run_folders_config_is_resolved_against_its_own_hydra_settings(tmp_pat
     running = HydraConfig.instance().cfg
     assert resolved_config(tmp_path) == {"paths": {"output_dir": "/runs/one", "data_dir": "/runs/one/data"}}
     assert HydraConfig.instance().cfg is running
+
+
+def test_the_threshold_in_force_is_the_global_one_or_each_body_parts():
+    import torch
+
+    from mura_lightning.data.index import BODY_PARTS
+    from mura_lightning.reporting.build import threshold_text
+    from mura_lightning.reporting.source import TRAINING_RUN, ScoredRun
+
+    predictions = pd.DataFrame({"level": ["study", "study"], "body_part": ["wrist", "hand"]})
+
+    def scored(results):
+        return ScoredRun(Path("."), TRAINING_RUN, results, predictions, [], None, "")
+
+    single = scored({"test/study/threshold": 0.4, "test/threshold": 0.4})
+    assert single.thresholds() == 0.4 and threshold_text(single) == "the threshold 0.400"
+    per_part = scored({"test/threshold": 0.5, "test/study/threshold/wrist": 0.3, "test/study/threshold/hand": 0.7})
+    expected = torch.tensor([0.7 if part == "hand" else 0.3 if part == "wrist" else 0.5 for part in BODY_PARTS])
+    assert torch.equal(per_part.thresholds(), expected)
+    assert threshold_text(per_part) == "per-body-part thresholds: hand 0.700, wrist 0.300"

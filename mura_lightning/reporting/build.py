@@ -89,11 +89,13 @@ def _headline(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _thresholds(run: ScoredRun) -> list[tuple[str, float]]:
+def threshold_text(run: ScoredRun) -> str:
+    """The decision threshold in force, or each body part's."""
     threshold = run.thresholds()
     if isinstance(threshold, torch.Tensor):
-        return [(part, float(threshold[BODY_PARTS.index(part)])) for part in run.body_parts]
-    return [("all body parts", threshold)]
+        parts = ", ".join(f"{part} {float(threshold[BODY_PARTS.index(part)]):.3f}" for part in run.body_parts)
+        return f"per-body-part thresholds: {parts}"
+    return f"the threshold {threshold:.3f}"
 
 
 def write_run_report(folder: str | Path, settings: ReportSettings) -> list[Path]:
@@ -108,7 +110,6 @@ def write_run_report(folder: str | Path, settings: ReportSettings) -> list[Path]
         studies, images, [c.path for c in run.checkpoints], run.data_root(), settings.gallery
     )
     bootstrap = run.results.get("bootstrap") or {}
-    thresholds = _thresholds(run)
     page = (
         environment()
         .get_template("report.html.j2")
@@ -122,8 +123,7 @@ def write_run_report(folder: str | Path, settings: ReportSettings) -> list[Path]
             headline=_headline(run.results),
             confidence=confidence_text(run.results),
             bootstrap=f"{bootstrap.get('samples', '?')} resamples, seed {bootstrap.get('seed', '?')}",
-            threshold_text=", ".join(f"{part} {value:.3f}" for part, value in thresholds),
-            thresholds=thresholds,
+            threshold_text=threshold_text(run),
             terminal_table=terminal_table(run.results),
             card=facts,
             card_html=markdown.markdown(model_card_markdown(facts, with_config=False), extensions=["tables"]),
