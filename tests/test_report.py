@@ -106,7 +106,7 @@ def test_the_report_of_a_training_run_shows_its_numbers_counts_figures_and_card(
     digest = hashlib.sha256(Path(reported.results["ckpt_path"]).read_bytes()).hexdigest()
     assert digest in card and digest in page
     assert "not a diagnostic device" in card and "Trained from scratch" in card and "seen at 32 px" in card
-    assert "Mitchell et al." in card and "| wrist | 6 |" in card
+    assert "Mitchell et al." in card and "| wrist | 6 |" in card and "bodypart=[shoulder,wrist]" in card
 
 
 def test_the_gallery_shows_the_most_confident_errors_of_the_prediction_file(reported):

@@ -171,7 +171,7 @@ def training_recipe(run: ScoredRun) -> list[tuple[str, str]]:
         ("precision", _select(config, "trainer.precision")),
         ("augmentation", _augmentation_text(config)),
         ("seed", _select(config, "seed")),
-        ("overrides", " ".join(run.results.get("overrides") or [])),
+        ("overrides", " ".join(run.training_overrides)),
     ]
     return [(name, str(value)) for name, value in entries if value not in (None, "", [])]
 

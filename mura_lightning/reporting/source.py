@@ -23,7 +23,7 @@ from mura_lightning.evaluation.metrics import THRESHOLD_COLUMN
 from mura_lightning.evaluation.outputs import TEXT_COLUMNS, predictions_file
 from mura_lightning.inference.checkpoints import datamodule_settings, read_checkpoint
 from mura_lightning.io import HYDRA_DIR, RESULTS_FILE
-from mura_lightning.runs import read_results, training_folder
+from mura_lightning.runs import read_overrides, read_results, training_folder
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class ScoredRun:
         config_source: where `config` was read.
         evaluation_config: an evaluation's own composed config, resolved (None for a training run).
         datamodule: the data settings the (first) checkpoint was trained with (root, body parts, split).
+        training_overrides: the command-line overrides the model was trained with (empty when unknown).
     """
 
     folder: Path
@@ -66,6 +67,7 @@ class ScoredRun:
     config_source: str
     evaluation_config: dict[str, Any] | None = None
     datamodule: dict[str, Any] = field(default_factory=dict)
+    training_overrides: list[str] = field(default_factory=list)
 
     def level(self, level: str) -> pd.DataFrame:
         """The prediction rows of `level` (image or study)."""
@@ -126,6 +128,7 @@ def read_scored_run(folder: str | Path) -> ScoredRun:
         config_source=source,
         evaluation_config=resolved_config(folder) if kind == EVALUATION else None,
         datamodule=datamodule_settings(paths[0]) if paths and Path(paths[0]).is_file() else {},
+        training_overrides=read_overrides(trained_in) if trained_in else list(results.get("overrides") or []),
     )
 
 
