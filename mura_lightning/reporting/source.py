@@ -100,7 +100,7 @@ def read_scored_run(folder: str | Path) -> ScoredRun:
     """The training run or evaluate output in `folder`; a MuraError when it holds no finished test."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MuraError(f"{folder} is not a folder: give a training run or an evaluate output folder")
+        raise MuraError(f"{folder} is not a folder: give a training run, an evaluate output or a compare output")
     results, unreadable = read_results(folder)
     if results is None:
         raise MuraError(
