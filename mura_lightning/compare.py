@@ -5,9 +5,9 @@ than model A? A paired comparison on the same test studies, read from each folde
 For each body part and overall, and each metric of `metrics` (kappa, AUROC, sensitivity, specificity): A's and
 B's values, the difference B - A with its percentile interval over patient resamples applied to both models
 alike (mura_lightning/evaluation/bootstrap.py, settings `metrics.bootstrap.*`) and a two-sided bootstrap
-p-value; for AUROC also DeLong's p-value. A row is significant when its interval leaves out 0. Writes
-`compare.csv`, `compare.md` and the forest plot `compare.png` into the output folder
-(default `outputs/compare/<date>_<time>/`).
+p-value; for AUROC also DeLong's p-value. A row is significant when its interval leaves out 0. The models are
+named by what differs between them (backbone, overrides: `runs.run_labels`). Writes `compare.csv`, `compare.md` and
+the forest plot `compare.png` into the output folder (default `outputs/compare/<date>_<time>/`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from mura_lightning.evaluation.delong import delong_test
 from mura_lightning.evaluation.outputs import read_study_predictions
 from mura_lightning.evaluation.tables import DECIMALS, number_text
 from mura_lightning.io import write_atomically, write_text_atomic
+from mura_lightning.runs import run_labels
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,12 @@ def markdown(table: pd.DataFrame, settings: BootstrapSettings) -> str:
         "`*`: the interval leaves out 0.",
     ]
     for (reference, run), rows in table.groupby(["reference", "run"], sort=False):
+        first = rows.iloc[0]
         lines += [
             "",
-            f"## B = {run} against A = {reference}",
+            f"## B = {first.run_label} against A = {first.reference_label}",
+            "",
+            f"A: `{reference}`; B: `{run}`",
             "",
             f"| body part | metric | A | B | B - A ({percent} CI) | p bootstrap | p DeLong |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -159,13 +163,13 @@ def markdown(table: pd.DataFrame, settings: BootstrapSettings) -> str:
 
 def forest_plot(table: pd.DataFrame, confidence: float) -> Figure:
     """One panel per metric: each body part's (and overall's) difference B - A with its interval, a zero line,
-    significant rows in red and filled."""
+    significant rows in red and filled; the models named by their labels (`run_labels`)."""
     metrics = list(dict.fromkeys(table["metric"]))
-    pairs = list(dict.fromkeys(zip(table["reference"], table["run"], strict=True)))
+    pairs = list(dict.fromkeys(zip(table["reference_label"], table["run_label"], strict=True)))
     rows = table[table["metric"] == metrics[0]]
     labels = [
-        part if len(pairs) == 1 else f"{part}: {Path(run).name}"
-        for part, run in zip(rows["body_part"], rows["run"], strict=True)
+        part if len(pairs) == 1 else f"{part}: {run}"
+        for part, run in zip(rows["body_part"], rows["run_label"], strict=True)
     ]
     width, height = PANEL_SIZE
     figure = Figure(figsize=(width * len(metrics), 1.2 + height * len(labels)), layout="constrained")
@@ -189,7 +193,7 @@ def forest_plot(table: pd.DataFrame, confidence: float) -> Figure:
         axis.set_title(metric)
         axis.set_xlabel("B - A")
     axes[0].set_yticks(positions, labels)
-    title = f"B = {Path(pairs[0][1]).name} vs A = {Path(pairs[0][0]).name}" if len(pairs) == 1 else "B - A"
+    title = f"B = {pairs[0][1]} vs A = {pairs[0][0]}" if len(pairs) == 1 else f"B - A = {pairs[0][0]}"
     figure.suptitle(f"{title}: {confidence:.0%} patient-bootstrap intervals (red: leaves out 0)")
     return figure
 
@@ -209,6 +213,9 @@ def compare(cfg: DictConfig) -> pd.DataFrame:
         if run != reference
     ]
     table = pd.concat(tables, ignore_index=True)
+    labels = run_labels(runs)
+    table.insert(2, "run_label", table["run"].map(labels))
+    table.insert(2, "reference_label", table["reference"].map(labels))
     out = Path(cfg.output)
     text = markdown(table, settings)
     write_atomically(out / COMPARE_CSV, lambda tmp: table.to_csv(tmp, index=False))

@@ -26,6 +26,8 @@ from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.files import predict_files
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.io import RESULTS_FILE, write_atomically, write_json_atomic
+from mura_lightning.reporting.build import ReportSettings
+from mura_lightning.reporting.write import write_report
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     values = write_outputs(out, values, tables, rows, root, model, settings)
     print_metrics_table(values, STAGE)
+    if cfg.report:
+        write_report(out, ReportSettings.from_config(cfg.reporting))
     log.info("evaluation written to %s", out)
     return values
 

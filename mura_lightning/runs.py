@@ -157,3 +157,52 @@ def read_job(folder: Path) -> Job:
 def read_sweep(sweep_dir: Path) -> list[Job]:
     """Every job of a multirun folder, in job-number order."""
     return [read_job(folder) for folder in job_folders(sweep_dir)]
+
+
+LOCATION_KEYS = ("ckpt_path", "paths.", "data.root", "hydra.", "output", "report", "reporting.")  # where, not what
+
+
+def training_folder(ckpt_path: str | Path) -> Path | None:
+    """The run folder a checkpoint was written into (`<run>/checkpoints/<name>.ckpt`), when it is still there with
+    its `.hydra/` folder; else None."""
+    folder = Path(ckpt_path).parent.parent
+    return folder if (folder / HYDRA_DIR).is_dir() else None
+
+
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def model_setting(folder: Path) -> tuple[str, list[str]]:
+    """What a run or evaluate folder's model is: its backbone and the overrides it was trained with (for an
+    evaluation, those of its first checkpoint's run, then its own), leaving out those that only say where files
+    are (LOCATION_KEYS)."""
+    results, _ = read_results(folder)
+    backbone, _ = job_setup(folder, results)
+    checkpoints = list((results or {}).get("ckpt_paths") or [])
+    trained_in = training_folder(checkpoints[0]) if checkpoints else None
+    overrides = [*(read_overrides(trained_in) if trained_in else []), *read_overrides(folder)]
+    kept = [item for item in overrides if not _override_key(item).startswith(LOCATION_KEYS)]
+    return backbone, list(dict.fromkeys(kept))
+
+
+def run_labels(folders: list[str | Path]) -> dict[str, str]:
+    """A short name for each folder, by what differs between them: its backbone, then the overrides not all of
+    them share (`model=` ones only where the backbones agree), e.g. `densenet169` and `resnet50`, or `densenet169`
+    and `densenet169 tta=hflip`; the folder's name is added where that leaves two alike. Keys are the folders as
+    given."""
+    settings = {str(folder): model_setting(Path(folder)) for folder in folders}
+    several_backbones = len({backbone for backbone, _ in settings.values()}) > 1
+    shared = set.intersection(*(set(overrides) for _, overrides in settings.values()))
+    labels = {}
+    for folder, (backbone, overrides) in settings.items():
+        differing = [
+            item
+            for item in overrides
+            if item not in shared and not (several_backbones and _override_key(item) == "model")
+        ]
+        labels[folder] = " ".join([backbone, *differing])
+    named = list(labels.values())
+    return {
+        folder: label if named.count(label) == 1 else f"{label} {Path(folder).name}" for folder, label in labels.items()
+    }

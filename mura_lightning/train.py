@@ -29,6 +29,8 @@ from mura_lightning.evaluation.tables import print_metrics_table
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
 from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
+from mura_lightning.reporting.build import ReportSettings
+from mura_lightning.reporting.write import write_report
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,8 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
             f"ckpt_path={cfg.ckpt_path} does not exist: pass the checkpoint to resume from (<run>/checkpoints/"
             "last.ckpt), or leave ckpt_path out to start afresh"
         )
+    if cfg.get("report") and not cfg.test:
+        raise MuraError("report=true needs test=true: the report shows the test of the best checkpoint")
     slurm.record_job(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(cfg)
@@ -149,6 +153,8 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
         print_metrics_table(results, "test" if cfg.test else "val")
         path = write_json_atomic(out / RESULTS_FILE, results)
         log.info("results: %s", path)
+        if cfg.get("report"):
+            write_report(out, ReportSettings.from_config(cfg.reporting))
     return results
 
 

@@ -46,8 +46,8 @@ def read_events(run_dir):
 def test_grids_and_scores_reach_tensorboard(synthetic_root, tmp_path, precision):
     results = train(compose_run(synthetic_root, tmp_path, *cam_overrides(f"trainer.precision={precision}")))
     events = read_events(tmp_path / "run")
-    assert {"val/cam", "test/cam"} <= set(events.Tags()["images"])
-    grid = events.Images("test/cam")[-1]
+    assert {"val/1_cam", "test/1_cam"} <= set(events.Tags()["images"])
+    grid = events.Images("test/1_cam")[-1]
     assert grid.width > 128 and grid.height > 128
     for stage in ("val", "test"):
         assert 0.0 <= results[f"{stage}/cam/pointing_game"] <= 1.0

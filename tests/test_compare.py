@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 from helpers.runs import compose, run_module
 from PIL import Image
 
-from mura_lightning.compare import COMPARE_CSV, COMPARE_MD, COMPARE_PNG, compare
+from mura_lightning.compare import COMPARE_CSV, COMPARE_MD, COMPARE_PNG, compare, forest_plot
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.delong import delong_test
 from mura_lightning.evaluation.outputs import predictions_file
+from mura_lightning.runs import model_setting, run_labels
 
 PARTS = {"hand": 40, "shoulder": 40}
 SAMPLES = "metrics.bootstrap.samples=200"
@@ -174,3 +176,36 @@ def test_a_body_part_of_one_class_has_nan_auroc_and_a_warning_the_rest_is_comput
     assert table.loc[("hand", "sensitivity"), ["a", "ci_low", "p_bootstrap"]].notna().all()
     assert table.loc[("overall", "auroc"), ["ci_low", "p_delong"]].notna().all()
     assert "| hand | auroc | NaN | NaN | NaN |" in (tmp_path / "out" / COMPARE_MD).read_text()
+
+
+def describe_run(folder, model: str, overrides: list[str], **results) -> None:
+    """Give a predictions folder the results.json and .hydra/overrides.yaml a run leaves."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    (folder / "results.json").write_text(json.dumps({"model": model, **results}))
+
+
+def test_models_are_named_by_what_differs_between_them_not_by_their_folders(runs, tmp_path):
+    describe_run(runs[0], "densenet169", ["experiment=demo", f"paths.root_dir={tmp_path}"])
+    describe_run(runs[1], "resnet50", ["experiment=demo", "model=resnet50", "data.root=/elsewhere"])
+    table = run_compare(tmp_path, f"a={runs[0]}", f"b={runs[1]}")
+    assert set(table["reference_label"]) == {"densenet169"} and set(table["run_label"]) == {"resnet50"}
+    assert "## B = resnet50 against A = densenet169" in (tmp_path / "out" / COMPARE_MD).read_text()
+    assert list(pd.read_csv(tmp_path / "out" / COMPARE_CSV)["run_label"].unique()) == ["resnet50"]
+    assert forest_plot(table, 0.95).get_suptitle().startswith("B = resnet50 vs A = densenet169")
+
+
+def test_an_evaluation_is_named_by_its_training_runs_overrides_and_its_own(tmp_path):
+    trained = tmp_path / "train" / "2026-01-01_10-00-00"
+    describe_run(trained, "densenet169", ["experiment=demo", "optimizer.lr=0.01"])
+    checkpoint = str(trained / "checkpoints" / "best-epoch003.ckpt")
+    plain, flipped = tmp_path / "eval1", tmp_path / "eval2"
+    for folder, own in ((plain, []), (flipped, ["tta=hflip"])):
+        folder.mkdir()
+        describe_run(folder, "densenet169", [f"ckpt_path={checkpoint}", *own], ckpt_paths=[checkpoint])
+    assert run_labels([plain, flipped]) == {str(plain): "densenet169", str(flipped): "densenet169 tta=hflip"}
+    again = tmp_path / "eval3"
+    again.mkdir()
+    describe_run(again, "densenet169", [f"ckpt_path={checkpoint}"], ckpt_paths=[checkpoint])
+    assert run_labels([plain, again]) == {str(plain): "densenet169 eval1", str(again): "densenet169 eval3"}
+    assert model_setting(flipped) == ("densenet169", ["experiment=demo", "optimizer.lr=0.01", "tta=hflip"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,11 @@ import torch
 from helpers.runs import compose_run, run_module, tiny_run_overrides
 from sklearn import metrics as sk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar.metadata import CONFIG_SUMMARY_TAG as CUSTOM_SCALARS_TAG
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
+from mura_lightning.callbacks.layout import FIGURE_KINDS, figure_tag
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.calibration import (
@@ -263,11 +267,34 @@ def test_tensorboard_holds_the_scalars_figures_and_hparams(finished_run):
     for stage in ("val", "test"):
         for level in ("image", "study"):
             for figure in ("confusion_matrix", "roc", "pr", "reliability"):
-                assert f"{stage}/{level}/{figure}" in images
+                assert figure_tag(stage, figure, level) in images
     plugins = events.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins
     declared = plugins["_hparams_/experiment"]
     assert b"test/study/kappa" in declared and b"val/study/auroc" in declared
+
+
+def test_the_custom_scalars_layout_charts_the_logged_scalars_and_figures_sort_by_stage_then_kind(finished_run):
+    _, run_dir, _ = finished_run
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    (config,) = events.Tensors(CUSTOM_SCALARS_TAG)
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+
+    def charted(title):
+        return sorted(tag for tag in scalars if any(re.search(pattern, tag) for pattern in charts[title]))
+
+    assert charted("kappa by body part") == ["val/study/kappa/shoulder", "val/study/kappa/wrist"]
+    assert charted("auroc") == ["test/image/auroc", "test/study/auroc", "val/image/auroc", "val/study/auroc"]
+    assert charted("loss (train and val)") == ["train/loss_epoch", "val/loss"]
+    assert charted("learning rate") == ["lr-Adam"]
+    assert "val/temperature" in charted("threshold and temperature")
+    for stage in ("val", "test"):
+        tags = sorted(tag for tag in events.Tags()["images"] if tag.startswith(f"{stage}/"))
+        kinds = [tag.split("/")[1].split("_", 1)[1] for tag in tags]
+        assert kinds == sorted(kinds, key=FIGURE_KINDS.index) and set(kinds) == set(FIGURE_KINDS), tags
 
 
 def test_metrics_csv_matches_the_results_and_the_tuned_threshold_is_applied(finished_run):

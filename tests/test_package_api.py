@@ -14,6 +14,7 @@ PACKAGES = [
     "mura_lightning.evaluation",
     "mura_lightning.inference",
     "mura_lightning.models",
+    "mura_lightning.reporting",
     "mura_lightning.synthetic",
 ]
 

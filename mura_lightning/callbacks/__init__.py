@@ -1,4 +1,5 @@
-"""Lightning callbacks: metric figures and tables, CAM heatmaps, progress for terminals and log files."""
+"""Lightning callbacks: metric figures and tables, CAM heatmaps, TensorBoard's layout, progress for terminals and log
+files."""
 
 from mura_lightning._exports import lazy_exports
 
@@ -6,6 +7,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "cam": ["CAMCallback"],
+        "layout": ["TensorBoardLayout", "custom_scalars_layout", "figure_tag"],
         "metrics": ["MetricsReport"],
         "progress": ["LogProgressBar", "progress_bar"],
     },

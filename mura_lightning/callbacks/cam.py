@@ -14,8 +14,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from mura_lightning.callbacks.layout import figure_tag
 from mura_lightning.data.images import read_grayscale
-from mura_lightning.data.lesions import read_lesion_boxes
+from mura_lightning.data.lesions import lesion_boxes_by_path, read_lesion_boxes, scale_boxes
 from mura_lightning.data.presets import EvalPreset
 from mura_lightning.evaluation.metrics import CLASS_NAMES
 from mura_lightning.inference.explain import (
@@ -40,8 +41,8 @@ class CAMCallback(Callback):
     """Every `every_n_epochs` validation epochs and at the end of testing, on rank 0: CAMs (grad-cam `method`
     on the model's `cam_layer`, target the abnormal logit) of a fixed sample of `num_images` images of the
     stage, half normal and half abnormal, spread over body parts, drawn as one grid under the TensorBoard
-    tag `{stage}/cam` (each tile captioned with body part, label and predicted probability; lesion boxes
-    outlined where known).
+    tag `{stage}/1_cam` (`figure_tag`; each tile captioned with body part, label and predicted probability;
+    lesion boxes outlined where known).
 
     When the data has lesion boxes (synthetic MURA), it also logs `{stage}/cam/pointing_game` (share of
     abnormal images whose CAM maximum lies in a lesion box), `{stage}/cam/iou` (IoU of the CAM above
@@ -83,14 +84,14 @@ class CAMCallback(Callback):
         datamodule = trainer.datamodule
         rows = datamodule.image_table()
         rows = rows[rows["subset"] == stage]
-        boxes = _boxes_by_path(read_lesion_boxes(datamodule.root))
+        boxes = lesion_boxes_by_path(read_lesion_boxes(datamodule.root))
         sample = choose_sample(rows, self.num_images, self.seed, boxes)
         cams, probs, images = self._cams(pl_module, datamodule, sample["image_id"])
-        image_boxes = _boxes_on_grid(boxes, sample["path"], images.sizes, cams.shape[1:])
+        image_boxes = scale_boxes(boxes, sample["path"], images.sizes, cams.shape[1:])
         grid = self._grid(images.pixels, cams, sample, probs, image_boxes)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(f"{stage}/cam", grid, global_step=trainer.global_step)
+                logger.experiment.add_image(figure_tag(stage, "cam"), grid, global_step=trainer.global_step)
         values = {f"{stage}/cam/seconds": time.perf_counter() - started}
         if boxes:
             values.update(self._localisation(pl_module, datamodule, rows, boxes, stage))
@@ -111,7 +112,7 @@ class CAMCallback(Callback):
             return {}
         images = load_eval_images(datamodule.image_table(), list(chosen["image_id"]), pl_module.eval_preset())
         cams = compute_cams(pl_module.net, pl_module.cam_target_layer(), images.inputs, self.method)
-        scaled = _boxes_on_grid(boxes, chosen["path"], images.sizes, cams.shape[1:])
+        scaled = scale_boxes(boxes, chosen["path"], images.sizes, cams.shape[1:])
         return {
             f"{stage}/cam/pointing_game": pointing_game(cams, scaled),
             f"{stage}/cam/iou": box_iou(cams, scaled, self.iou_threshold),
@@ -123,7 +124,7 @@ class CAMCallback(Callback):
         rows = sample.itertuples(index=False)
         for gray, cam, row, prob, tile_boxes in zip(pixels, cams, rows, probs, image_boxes, strict=True):
             caption = f"{row.body_part} {CLASS_NAMES[int(row.label)]} p={prob:.2f}"
-            tiles.append(_tile(overlay(gray, cam, self.image_weight), tile_boxes, caption))
+            tiles.append(captioned_tile(overlay(gray, cam, self.image_weight), tile_boxes, caption))
         return make_grid(torch.stack(tiles), nrow=int(np.ceil(np.sqrt(len(tiles)))), padding=2)
 
 
@@ -170,25 +171,7 @@ def choose_sample(rows: pd.DataFrame, count: int, seed: int, boxes: dict | None 
     return rows.set_index("image_id").loc[picked].reset_index()
 
 
-def _boxes_by_path(boxes: pd.DataFrame | None) -> dict[str, list[Box]]:
-    if boxes is None:
-        return {}
-    grouped: dict[str, list[Box]] = {}
-    for row in boxes.itertuples(index=False):
-        grouped.setdefault(row.path, []).append((row.x0, row.y0, row.x1, row.y1))
-    return grouped
-
-
-def _boxes_on_grid(boxes: dict, paths, sizes, shape: tuple[int, int]) -> list[list[Box]]:
-    """Each image's boxes, from its original (height, width) to the CAM's (height, width)."""
-    scaled = []
-    for path, (height, width) in zip(paths, sizes, strict=True):
-        sy, sx = shape[0] / height, shape[1] / width
-        scaled.append([(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes.get(path, [])])
-    return scaled
-
-
-def _tile(picture: np.ndarray, boxes: list[Box], caption: str) -> torch.Tensor:
+def captioned_tile(picture: np.ndarray, boxes: list[Box], caption: str) -> torch.Tensor:
     """A (3, H, W) uint8 tile: the overlay (enlarged to at least MIN_TILE_SIZE), box outlines, a caption."""
     size = max(MIN_TILE_SIZE, picture.shape[0])
     scale = size / picture.shape[0]

@@ -14,6 +14,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryPrecisionRecallCurve, BinaryROC
 
+from mura_lightning.callbacks.layout import figure_tag
 from mura_lightning.evaluation.calibration import reliability_figure
 from mura_lightning.evaluation.metrics import CLASS_NAMES, PredictionTable, row_thresholds
 
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 
 class MetricsReport(Callback):
     """At the end of validation (every `every_n_epochs` epochs) and of testing, logs for each level a confusion
-    matrix, a ROC curve, a precision-recall curve and a reliability diagram as TensorBoard figures
-    (`{stage}/{level}/confusion_matrix`, `.../roc`, `.../pr`, `.../reliability`). The final test's files (the
+    matrix, a ROC curve, a precision-recall curve and a reliability diagram as TensorBoard figures, tagged by
+    stage, then kind, then level (`figure_tag`: `{stage}/2_confusion_matrix/{level}`, `3_roc`, `4_pr`,
+    `5_reliability`). The final test's files (the
     per-body-part tables with intervals, the prediction files) are written by train, as evaluate writes them
     (mura_lightning/evaluation/outputs.py).
 
@@ -52,7 +54,7 @@ class MetricsReport(Callback):
         for level, table in pl_module.last_predictions[stage].items():
             for name, figure in figures(table, threshold, f"{stage} {level}").items():
                 for writer in writers:
-                    writer.add_figure(f"{stage}/{level}/{name}", figure, global_step=trainer.global_step)
+                    writer.add_figure(figure_tag(stage, name, level), figure, global_step=trainer.global_step)
                 plt.close(figure)
 
 

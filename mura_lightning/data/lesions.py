@@ -1,7 +1,9 @@
-"""Lesion boxes of synthetic MURA (`lesions.csv` beside the MURA-v1.1 folder), for localisation scores."""
+"""Lesion boxes of synthetic MURA (`lesions.csv` beside the MURA-v1.1 folder), for localisation scores and for
+drawing on CAMs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -24,3 +26,27 @@ def read_lesion_boxes(root: str | Path) -> pd.DataFrame | None:
         raise MuraError(f"{path} must have the columns {','.join(LESION_COLUMNS)}, not {','.join(boxes.columns)}")
     boxes["path"] = [str(root / relative.split("/", 1)[1]) for relative in boxes["path"]]
     return boxes
+
+
+def lesion_boxes_by_path(boxes: pd.DataFrame | None) -> dict[str, list[tuple[float, float, float, float]]]:
+    """`read_lesion_boxes`' table as image path -> its boxes (x0, y0, x1, y1); empty for None."""
+    if boxes is None:
+        return {}
+    grouped: dict[str, list[tuple[float, float, float, float]]] = {}
+    for row in boxes.itertuples(index=False):
+        grouped.setdefault(row.path, []).append((row.x0, row.y0, row.x1, row.y1))
+    return grouped
+
+
+def scale_boxes(
+    boxes: dict[str, list[tuple[float, float, float, float]]],
+    paths: Iterable[str],
+    sizes: Iterable[tuple[int, int]],
+    shape: tuple[int, int],
+) -> list[list[tuple[float, float, float, float]]]:
+    """Each image's boxes, from its original (height, width) in `sizes` to a grid of (height, width) `shape`."""
+    scaled = []
+    for path, (height, width) in zip(paths, sizes, strict=True):
+        sy, sx = shape[0] / height, shape[1] / width
+        scaled.append([(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes.get(path, [])])
+    return scaled
