@@ -26,6 +26,7 @@ GROUPS = [
     "data",
     "bodypart",
     "model",
+    "pooling",
     "loss",
     "optimizer",
     "scheduler",
