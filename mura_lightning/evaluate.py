@@ -106,7 +106,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = InferenceModel.from_checkpoints(
         paths,
         threshold=cfg.threshold,
-        pooling=cfg.pooling,
+        pooling=OmegaConf.select(cfg, "model.pooling.name"),
         tta=cfg.tta,
         tta_degrees=cfg.tta_degrees,
     ).to(choose_device(cfg.device))

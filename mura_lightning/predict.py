@@ -14,7 +14,7 @@ import hydra
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from mura_lightning.data.dicom import is_dicom, sop_instance_uid
@@ -90,7 +90,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     model = InferenceModel.from_checkpoints(
         cfg.ckpt_path,
         threshold=cfg.threshold,
-        pooling=cfg.pooling,
+        pooling=OmegaConf.select(cfg, "model.pooling.name"),
         tta=cfg.tta,
         tta_degrees=cfg.tta_degrees,
     ).to(choose_device(cfg.device))
