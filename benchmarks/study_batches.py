@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from train_step import timing_trainer  # benchmarks/ is on sys.path for a script
 
 from mura_lightning.data.datamodule import MURADataModule
 from mura_lightning.models.losses import BCELoss
@@ -76,19 +76,7 @@ def images_per_second(args: argparse.Namespace, pooling: str, cache_dir: str) ->
         study_batches=model.pools_studies,
     )
     clock = ImageClock(args.warmup_steps)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=args.precision,
-        max_steps=args.warmup_steps + args.steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-    )
+    trainer = timing_trainer("cpu", args.precision, args.warmup_steps + args.steps, clock)
     trainer.fit(model, datamodule=datamodule)
     return clock.images / (clock.finished - clock.started)
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from helpers.runs import (
     REPO_ROOT,
+    assert_same_metrics,
     build_datamodule,
     compose_run,
+    ddp_results,
     read_predictions,
     run_evaluate,
-    run_module,
     run_predict,
-    tiny_run_overrides,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -116,23 +116,8 @@ def test_evaluate_predict_hub_and_exports_agree_on_study_probabilities(pooled_ru
 
 def test_ddp_metrics_equal_a_single_process_run_for_a_study_pooling(pooled_run, synthetic_root, tmp_path):
     _, results, _ = pooled_run
-    common = [o for o in tiny_run_overrides(synthetic_root, tmp_path) if not o.startswith("paths.output_dir")]
-    finished = run_module(
-        "mura_lightning.train",
-        *common,
-        *POOLED,
-        "callbacks.cam=null",
-        "train=false",
-        f"ckpt_path={results['ckpt_path']}",
-        "trainer=ddp_cpu",
-        f"paths.output_dir={tmp_path}/ddp",
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
-    compared = [k for k in results if k.startswith(("val/", "test/")) and "/cam/" not in k and not k.endswith("loss")]
-    assert len(compared) > 100
-    for key in compared:
-        assert ddp[key] == pytest.approx(results[key], abs=1e-5, nan_ok=True), key
+    ddp = ddp_results(synthetic_root, tmp_path, results["ckpt_path"], *POOLED, "callbacks.cam=null")
+    assert_same_metrics(ddp, {key: value for key, value in results.items() if "/cam/" not in key})
 
 
 def test_a_pooled_model_learns_partial_view_studies(synthetic_root):
