@@ -26,13 +26,16 @@ def mura_classifier(
         tta_degrees: the rotations of `hflip_rotate` (-tta_degrees and +tta_degrees).
 
     Returns:
-        An `InferenceModel` carrying the checkpoint's preprocessing, threshold and study aggregation:
+        An `InferenceModel` carrying the checkpoint's preprocessing, threshold and study pooling:
         - `model.predict(["a.png", "b.png"])`: abnormality probabilities (N,) of radiographs given as file paths
-          (PNG or DICOM), PIL images or uint8 arrays (gray, or RGB(A) channels-last);
+          (PNG or DICOM), PIL images or uint8 arrays (gray, or RGB(A) channels-last), each on its own;
+        - `model.predict_study(["a.png", "b.png"])`: the probability of the study whose views they are, and each
+          view's weight in it (for a study pooling, e.g. attention, the model pools the views itself);
         - `model.preprocess("a.png")`: the normalised (C, S, S) tensor the model takes for one radiograph;
-        - `model(batch)`: probabilities (N,) of a normalised batch (N, C, S, S);
-        - `model.threshold`, `model.study_aggregation`: abnormal iff probability > threshold; a study's
-          probability is the mean (or max) of its images'. `model.to("cuda")` moves it to a GPU.
+        - `model(batch)`: probabilities (N,) of a normalised batch (N, C, S, S); `model.score(batch, segments)`
+          the study probabilities and view weights of a batch of whole studies;
+        - `model.threshold`, `model.poolings`: abnormal iff probability > threshold; how each network scores a
+          study (mean_prob: the mean of its images' probabilities). `model.to("cuda")` moves it to a GPU.
     """
     from mura_lightning.errors import MuraError
     from mura_lightning.inference.model import InferenceModel

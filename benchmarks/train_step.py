@@ -114,6 +114,24 @@ class StepClock(Callback):
             self.finished = time.perf_counter()
 
 
+def timing_trainer(accelerator: str, precision: str, max_steps: int, clock: Callback) -> L.Trainer:
+    """A Trainer that only trains, `max_steps` steps on one device, timed by `clock`: no validation, logger,
+    checkpoints, progress bar or model summary."""
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_steps=max_steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
+
+
 def lightning_loop(
     backbone: str,
     data: InMemory,
@@ -126,19 +144,7 @@ def lightning_loop(
     """Images/s of the same steps through the Lightning Trainer and MURAClassifier.training_step."""
     device = data.images.device
     clock = StepClock(warmup, last_step=warmup + steps - 1)
-    trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        precision=precision,
-        max_steps=warmup + steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-    )
+    trainer = timing_trainer("gpu" if device.type == "cuda" else "cpu", precision, warmup + steps, clock)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True)
     trainer.fit(classifier(backbone, data.images.shape[-1], channels_last), train_dataloaders=loader)
     return steps * batch_size / (clock.finished - clock.started)

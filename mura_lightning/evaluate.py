@@ -59,7 +59,7 @@ def valid_split_rows(ckpt_path: str, cfg: DictConfig) -> tuple[Path, list[str], 
 
 
 def readable_table(rows: pd.DataFrame, probs) -> PredictionTable:
-    """The prediction table of the images that could be read."""
+    """The prediction table of the rows (images, or one row per study) whose probability is known."""
     kept = rows.assign(prob=probs).dropna(subset=["prob"])
     part_index = {part: i for i, part in enumerate(BODY_PARTS)}
     return PredictionTable(
@@ -69,6 +69,13 @@ def readable_table(rows: pd.DataFrame, probs) -> PredictionTable:
         body_parts=torch.tensor(kept["body_part"].map(part_index).to_numpy()),
         image_ids=torch.tensor(kept["image_id"].to_numpy()),
     )
+
+
+def study_table(rows: pd.DataFrame, study_probs) -> PredictionTable:
+    """The prediction table of the studies with a probability (`study_probs`, indexed by study id), one row per
+    study holding its first image's id."""
+    studies = rows.sort_values("image_id").drop_duplicates("study_id").sort_values("study_id")
+    return readable_table(studies, study_probs[studies["study_id"].to_numpy()])
 
 
 def write_outputs(
@@ -107,13 +114,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = InferenceModel.from_checkpoints(
         paths,
         threshold=cfg.threshold,
-        study_aggregation=cfg.study_aggregation,
+        pooling=OmegaConf.select(cfg, "model.pooling.name"),
         tta=cfg.tta,
         tta_degrees=cfg.tta_degrees,
     ).to(choose_device(cfg.device))
     root, body_parts, rows = valid_split_rows(paths[0], cfg)
     result = predict_files(
-        model, rows["path"].tolist(), batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers
+        model,
+        rows["path"].tolist(),
+        studies=rows["study_id"].to_numpy(),
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
     )
     if result.failed:
         unreadable = "\n  ".join([error for error in result.errors if error][:SHOWN_UNREADABLE])
@@ -128,7 +139,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     images = readable_table(rows, result.probs)
     if not len(images):
         raise MuraError(f"no image of the {TEST_SPLIT} split under {root} could be read")
-    tables = {"image": images, "study": images.by_study(model.study_aggregation)}
+    tables = {"image": images, "study": study_table(rows, result.study_probs)}
     values = StageMetrics().score(STAGE, tables, model.part_thresholds())
     description = model.describe()
     values.update(

@@ -1,6 +1,7 @@
 """`python -m mura_lightning.predict ckpt_path=FILE input=PATH output=DIR [cam=true] [tta=hflip]`: probabilities
-for new radiographs (PNG, JPEG or DICOM), per image and per study, with optional CAM overlays. `predictions.csv` names
-each file by its path (and a DICOM by its SOP Instance UID); nothing else is taken from DICOM headers."""
+for new radiographs (PNG, JPEG or DICOM), per image and per study (a study: the images of one folder), with each
+image's weight in its study's score and optional CAM overlays. `predictions.csv` names each file by its path (and a
+DICOM by its SOP Instance UID); nothing else is taken from DICOM headers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from mura_lightning.cli import hydra_app
@@ -21,17 +22,16 @@ from mura_lightning.data.images import RADIOGRAPH_KINDS, ImageDecodeError, is_ra
 from mura_lightning.data.index import body_part_of, folder_label
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.outputs import write_submission
-from mura_lightning.inference.aggregate import aggregate_studies
 from mura_lightning.inference.device import choose_device
-from mura_lightning.inference.explain import compute_cams, overlay
-from mura_lightning.inference.files import predict_files
+from mura_lightning.inference.explain import compute_cams, overlay, study_cams
+from mura_lightning.inference.files import FilePredictions, predict_files
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.io import write_atomically
 
 log = logging.getLogger(__name__)
 
 IMAGE_PATHS_SUFFIX = "_image_paths.csv"
-COLUMNS = ["level", "path", "sop_instance_uid", "study", "body_part", "label", "prob", "pred", "error"]
+COLUMNS = ["level", "path", "sop_instance_uid", "study", "body_part", "label", "prob", "pred", "weight", "error"]
 CAM_FOLDER = "cams"
 SHOWN_UNREADABLE = 5  # unreadable files named in the message when none could be read
 
@@ -83,25 +83,46 @@ def collect_inputs(given: Path) -> tuple[list[Radiograph], bool]:
     return [_describe(path, path.relative_to(source.parent).as_posix()) for path in files], False
 
 
+def check_studies(radiographs: list[Radiograph], source: Path) -> None:
+    """Refuse an input whose images cannot be told apart into studies for a study pooling: a folder holding
+    radiographs both loose and in subfolders (the loose ones would make one study of unrelated images)."""
+    folders = {Path(r.study) for r in radiographs}
+    nested = sorted(str(folder) for folder in folders if any(folder in other.parents for other in folders))
+    if nested:
+        raise MuraError(
+            f"input={source}: {nested[0]} holds radiographs of its own and in its subfolders, so its views cannot be "
+            "grouped into studies; a study pooling scores each folder's radiographs as one study: put each study's "
+            "views in a folder of their own (MURA's patientNNNNN/studyN/), or predict one study folder at a time"
+        )
+
+
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predict every radiograph of cfg.input; write predictions.csv (and CAMs, submission.csv) to cfg.output."""
     model = InferenceModel.from_checkpoints(
         cfg.ckpt_path,
         threshold=cfg.threshold,
-        study_aggregation=cfg.study_aggregation,
+        pooling=OmegaConf.select(cfg, "model.pooling.name"),
         tta=cfg.tta,
         tta_degrees=cfg.tta_degrees,
     ).to(choose_device(cfg.device))
-    radiographs, from_csv = collect_inputs(Path(cfg.input).expanduser())
+    source = Path(cfg.input).expanduser()
+    radiographs, from_csv = collect_inputs(source)
+    if model.pools_studies:
+        check_studies(radiographs, source)
     out = Path(cfg.output).expanduser()
     cams = CamWriter(model, radiographs, out, cfg) if cfg.cam else None
     result = predict_files(
-        model, [r.file for r in radiographs], batch_size=cfg.batch_size, num_workers=cfg.num_workers, on_batch=cams
+        model,
+        [r.file for r in radiographs],
+        studies=pd.factorize(pd.Series([r.study for r in radiographs]))[0],
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        on_batch=cams,
     )
     if result.failed == len(radiographs):
         more = f" (and {result.failed - SHOWN_UNREADABLE} more)" if result.failed > SHOWN_UNREADABLE else ""
         raise MuraError(f"no input could be read: {'; '.join(result.errors[:SHOWN_UNREADABLE])}{more}")
-    table = prediction_table(radiographs, result.probs, result.errors, model.threshold_of, model.study_aggregation)
+    table = prediction_table(radiographs, result, model.threshold_of)
     write_atomically(out / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
     if from_csv:
         studies = table[(table["level"] == "study") & (table["error"] == "")]
@@ -129,9 +150,11 @@ def _decisions(probs: np.ndarray, parts, threshold_of: Callable[[str], float]) -
     )
 
 
-def prediction_table(radiographs, probs, errors, threshold_of: Callable[[str], float], aggregation: str):
-    """Image rows, then one row per study (see `aggregate_studies`); labels where paths carry them. `pred` of a
-    row is decided at `threshold_of(body_part)` ("" for radiographs whose path names no body part)."""
+def prediction_table(radiographs, result: FilePredictions, threshold_of: Callable[[str], float]):
+    """Image rows, then one row per study (the model's study probability); labels where paths carry them. `pred` of
+    a row is decided at `threshold_of(body_part)` ("" for radiographs whose path names no body part); `weight` is an
+    image's share in its study's score (which view drove the decision), empty on study rows."""
+    probs = result.probs
     images = pd.DataFrame(
         {
             "level": "image",
@@ -142,16 +165,13 @@ def prediction_table(radiographs, probs, errors, threshold_of: Callable[[str], f
             "label": pd.array([r.label for r in radiographs], dtype="Int64"),
             "prob": probs,
             "pred": _decisions(probs, [r.body_part for r in radiographs], threshold_of),
-            "error": errors,
+            "weight": result.weights,
+            "error": result.errors,
         }
     )
-    codes, names = pd.factorize(images["study"])
-    ids, study_probs = aggregate_studies(
-        torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(codes), aggregation
-    )
-    studies = images.drop_duplicates("study").set_index("study").loc[names[ids.numpy()]].reset_index()
-    studies["level"], studies["path"], studies["prob"] = "study", studies["study"], study_probs.numpy()
-    studies["sop_instance_uid"] = ""
+    studies = images.drop_duplicates("study").reset_index(drop=True)
+    studies["level"], studies["path"], studies["prob"] = "study", studies["study"], result.study_probs
+    studies["sop_instance_uid"], studies["weight"] = "", np.nan
     studies["pred"] = _decisions(studies["prob"].to_numpy(), studies["body_part"], threshold_of)
     studies["error"] = ["" if not np.isnan(p) else "no image of the study could be read" for p in studies["prob"]]
     return pd.concat([images, studies[COLUMNS]], ignore_index=True)[COLUMNS]
@@ -159,7 +179,8 @@ def prediction_table(radiographs, probs, errors, threshold_of: Callable[[str], f
 
 class CamWriter:
     """Writes a CAM overlay PNG per readable image (named after its path) of the ensemble's first network, over
-    the radiograph at its own size (the map stretched back from the model's input size)."""
+    the radiograph at its own size (the map stretched back from the model's input size): for a study pooling,
+    Grad-CAM of the study's logit on each of its views (see `study_cams`)."""
 
     def __init__(self, model: InferenceModel, radiographs: list[Radiograph], out: Path, cfg: DictConfig) -> None:
         self.net = model.members()[0]
@@ -170,7 +191,10 @@ class CamWriter:
         self.image_weight = cfg.cam_image_weight
 
     def __call__(self, batch: dict, probs: torch.Tensor) -> None:
-        cams = compute_cams(self.net, self.layer, batch["input"], self.method)
+        if self.net.pooling.trains_on_studies:
+            cams = study_cams(self.net, self.layer, batch["input"], batch["study"], self.method)
+        else:
+            cams = compute_cams(self.net, self.layer, batch["input"], self.method)
         for cam, index in zip(cams, batch["index"].tolist(), strict=True):
             radiograph = self.radiographs[index]
             picture = Image.fromarray(overlay(read_grayscale(radiograph.file), cam, self.image_weight))

@@ -100,6 +100,7 @@ def run_description(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     return {
         "model": cfg.model.backbone.name,
+        "pooling": cfg.model.pooling.name,
         "pretrained": bool(cfg.model.backbone.pretrained),
         "body_parts": resolve_body_parts(cfg.data.body_parts),
         "ckpt_path": ckpt_path,
@@ -125,7 +126,9 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
     slurm.record_job(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(cfg)
-    datamodule = instantiate(cfg.data, preprocessing=model.preprocessing.to_dict(), _convert_="all")
+    datamodule = instantiate(
+        cfg.data, preprocessing=model.preprocessing.to_dict(), study_batches=model.pools_studies, _convert_="all"
+    )
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,

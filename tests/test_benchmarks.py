@@ -37,6 +37,14 @@ def test_train_step_benchmark_prints_the_ratio():
     assert float(figures["plain_images_per_s"]) > 0 and float(figures["lightning_over_plain"]) > 0
 
 
+def test_study_batches_benchmark_prints_the_ratio(mura_root, tmp_path):
+    figures = run_benchmark(
+        "study_batches.py", f"--root={mura_root}", f"--cache-dir={tmp_path}", "--backbone=resnet50", "--size=32",
+        "--batch-size=4", "--steps=1", "--warmup-steps=1", "--rounds=1", "--workers=0", "--precision=32-true",
+    )  # fmt: skip
+    assert float(figures["image_batches_images_per_s"]) > 0 and float(figures["study_over_image_batches"]) > 0
+
+
 def test_cam_benchmark_prints_seconds():
     figures = run_benchmark("cam.py", "--images=2", "--size=32", "--repeats=1")
     assert float(figures["cam_seconds_densenet169"]) > 0

@@ -30,7 +30,7 @@ BACKBONES = {  # backbone -> extra overrides: ResNet-50 on one channel, max aggr
     "resnet50": [
         "model=resnet50",
         "model.preprocessing.in_chans=1",
-        "model.study_aggregation=max",
+        "pooling=max_prob",
         "metrics.tune_threshold=true",
     ],
 }
@@ -75,8 +75,8 @@ def test_onnx_runtime_gives_pytorchs_probabilities_on_any_batch_size(exported, m
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     sidecar = json.loads(sidecar_path(path).read_text())
     (given,), (returned,) = session.get_inputs(), session.get_outputs()
-    assert (given.name, returned.name) == (sidecar["input_name"], sidecar["output_name"])
-    assert given.shape == sidecar["input_shape"] and returned.shape == sidecar["output_shape"]
+    assert (given.name, [returned.name]) == (sidecar["input_name"], sidecar["output_names"])
+    assert given.shape == sidecar["input_shape"] and returned.shape == sidecar["output_shapes"][returned.name]
     for size in (EXPORT_BATCH, EXPORT_BATCH + 1):
         batch = normalised_batch(models[backbone], size)
         (probabilities,) = session.run(None, {given.name: batch.numpy()})
@@ -106,12 +106,14 @@ def test_sidecar_says_how_to_feed_the_model(exported, checkpoints, models, backb
     assert (sidecar["backbone"], sidecar["file"], sidecar["format"]) == (backbone, path.name, "torchscript")
     assert sidecar["checkpoint"] == str(checkpoints[backbone].resolve())
     assert in_chans == (1 if backbone == "resnet50" else 3)
-    assert sidecar["input_shape"] == ["batch", in_chans, size, size] and sidecar["output_shape"] == ["batch"]
+    assert sidecar["input_shape"] == ["batch", in_chans, size, size]
+    assert sidecar["output_shapes"] == {"probabilities": ["batch"]}
     assert sidecar["threshold"] == pytest.approx(classifier.decision_threshold("test"))
     assert sidecar["temperature"] == 1.0 and sidecar["thresholds"] is None  # trained uncalibrated, one threshold
     assert sidecar["tta"] == "none"
-    assert sidecar["study_aggregation"] == classifier.hparams["study_aggregation"]
-    assert f"the {sidecar['study_aggregation']} of its images' probabilities" in sidecar["study"]
+    assert sidecar["pooling"] == classifier.hparams["pooling"]["name"]
+    aggregation = {"mean_prob": "mean", "max_prob": "max"}[sidecar["pooling"]]
+    assert f"the {aggregation} of its images' probabilities" in sidecar["study"]
     assert "opset" not in sidecar
     gray = np.random.default_rng(0).integers(0, 256, size=(size, size), dtype=np.uint8)
     by_hand = (gray / 255.0)[None] - np.array(sidecar["mean"])[:, None, None]

@@ -22,6 +22,7 @@ from mura_lightning.inference.aggregate import aggregate_studies
 from mura_lightning.inference.checkpoints import load_classifier
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.inference.tta import TestTimeAugmentation
+from mura_lightning.models.segments import OneStudy
 from mura_lightning.train import train
 
 TOLERANCE = 1e-5
@@ -173,6 +174,24 @@ def test_checkpoints_from_before_preprocessing_owned_in_chans_still_load(trained
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(old(images), new(images))
+
+
+@pytest.mark.parametrize(("aggregation", "pooling"), [("mean", "mean_prob"), ("max", "max_prob")])
+def test_checkpoints_from_before_the_pooling_group_load_with_their_image_pooling(
+    trained, tmp_path, aggregation, pooling
+):
+    checkpoint = torch.load(trained[1], weights_only=True)
+    del checkpoint["hyper_parameters"]["pooling"]
+    checkpoint["hyper_parameters"]["study_aggregation"] = aggregation
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    model = InferenceModel.from_checkpoints(str(tmp_path / "old.ckpt"))
+    assert model.poolings == [pooling]
+    load_classifier(trained[1]).on_load_checkpoint(checkpoint)  # a run resuming it with pooling=mean_prob
+    views = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        probs, scores = model(views), model.score(views, OneStudy())
+    expected = probs.mean() if aggregation == "mean" else probs.max()
+    assert float(scores.study_probs[0]) == pytest.approx(float(expected), abs=1e-6)
 
 
 def test_an_ensemble_of_models_with_different_image_sizes_is_refused(trained, tmp_path):

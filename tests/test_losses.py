@@ -69,3 +69,12 @@ def test_bce_and_focal_match_their_references():
 def test_focal_rejects_negative_gamma():
     with pytest.raises(MuraError, match="loss.gamma=-1"):
         FocalLoss(alpha=0.25, gamma=-1)
+
+
+def test_a_loss_on_studies_weighs_by_study_counts():
+    loss = WeightedBCELoss()
+    loss.set_class_counts(COUNTS, "studies")
+    hand = BODY_PARTS.index("hand")
+    torch.testing.assert_close(loss.weights[hand], torch.tensor([4 / 13, 9 / 13]))
+    with pytest.raises(MuraError, match="class counts are in images or studies, not 'patients'"):
+        loss.set_class_counts(COUNTS, "patients")

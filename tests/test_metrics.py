@@ -4,7 +4,6 @@ TensorBoard scalars and figures, metrics_by_bodypart.csv, DDP equality."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers.runs import compose_run, run_module, tiny_run_overrides
+from helpers.runs import assert_same_metrics, compose_run, ddp_results
 from sklearn import metrics as sk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -314,22 +313,7 @@ def test_metrics_csv_matches_the_results_and_the_tuned_threshold_is_applied(fini
 
 def test_ddp_metrics_equal_a_single_process_run(finished_run, tmp_path):
     root, run_dir, results = finished_run
-    common = [o for o in tiny_run_overrides(root, tmp_path) if not o.startswith("paths.output_dir")]
-    finished = run_module(
-        "mura_lightning.train",
-        *common,
-        "train=false",
-        f"ckpt_path={results['ckpt_path']}",
-        "trainer=ddp_cpu",
-        *CALIBRATED,
-        f"paths.output_dir={tmp_path}/ddp",
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
-    compared = [key for key in results if key.startswith(("val/", "test/")) and not key.endswith(("loss", "seconds"))]
-    assert len(compared) > 100
-    for key in compared:
-        assert ddp[key] == pytest.approx(results[key], abs=1e-5, nan_ok=True), key
+    assert_same_metrics(ddp_results(root, tmp_path, results["ckpt_path"], *CALIBRATED), results)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -17,7 +17,7 @@ from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.synthetic import SyntheticDataError, generate_synthetic_mura, load_spec, write
 from mura_lightning.synthetic.plan import plan_studies
 from mura_lightning.synthetic.record import SETTINGS_FILE, read_settings, recorded_settings
-from mura_lightning.synthetic.render import render_image
+from mura_lightning.synthetic.render import lesion_flags, render_image
 from mura_lightning.synthetic.spec import DEFAULTS_FILE, LESION_KINDS
 
 SMALL = dict(min_side=120, max_side=200, num_workers=1)  # small images keep the tests fast
@@ -106,15 +106,46 @@ def test_lesions_sit_in_abnormal_studies_inside_the_image(tree):
     lesions = lesion_rows(tree)
     studies = study_rows(tree)
     assert lesions, "a tree with abnormal studies has lesions"
+    boxed = [row for row in lesions if row["x0"]]
     for row in lesions:
         assert row["path"] in set(image_rows(tree)) and row["kind"] in LESION_KINDS
         assert studies[row["path"].rsplit("/", 1)[0] + "/"] == 1
+    for row in boxed:
         x0, y0, x1, y1 = (int(row[k]) for k in ("x0", "y0", "x1", "y1"))
         with Image.open(tree / row["path"]) as image:
             width, height = image.size
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
-    lesioned_studies = {row["path"].rsplit("/", 1)[0] + "/" for row in lesions}
+    lesioned_studies = {row["path"].rsplit("/", 1)[0] + "/" for row in boxed}
     assert lesioned_studies == {path for path, label in studies.items() if label}
+
+
+def test_lesions_csv_records_which_views_show_the_lesion(tree):
+    """Every view of an abnormal study is listed: with its boxes when it shows the lesion (lesion_views), else once
+    without a box; metal shows on every view, fractures and lytic spots on a non-empty subset."""
+    rows = lesion_rows(tree)
+    abnormal = {path for path, label in study_rows(tree).items() if label}
+    views_of = defaultdict(set)
+    for path in image_rows(tree):
+        if path.rsplit("/", 1)[0] + "/" in abnormal:
+            views_of[path.rsplit("/", 1)[0]].add(path)
+    shown, hidden = {r["path"] for r in rows if r["x0"]}, [r["path"] for r in rows if not r["x0"]]
+    assert len(hidden) == len(set(hidden)) and not shown & set(hidden)
+    assert shown | set(hidden) == set().union(*views_of.values())
+    kinds = {row["path"].rsplit("/", 1)[0]: row["kind"] for row in rows}
+    assert not {kinds[r.rsplit("/", 1)[0]] for r in hidden} & {"hardware"}
+    assert hidden, "with subset lesion_views some views of multi-view abnormal studies show no lesion"
+
+
+@pytest.mark.parametrize(("mode", "counts"), [("all", {4}), ("one", {1}), ("subset", {1, 2, 3, 4}), (None, {0})])
+def test_lesion_views_choose_how_many_views_show_the_lesion(mode, counts):
+    rng = np.random.default_rng(0)
+    drawn = {sum(lesion_flags(rng, 4, mode)) for _ in range(200)}
+    assert drawn == counts
+
+
+def test_bad_lesion_views_are_refused(tmp_path):
+    with pytest.raises(SyntheticDataError, match=r"lesion_views=.* needs one of all, subset, one for each lesion kind"):
+        generate_synthetic_mura(tmp_path, studies_per_part=4, seed=0, lesion_views={"fracture": "half"}, **SMALL)
 
 
 def test_every_body_part_and_lesion_kind_renders_boxes_inside_the_image():

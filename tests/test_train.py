@@ -26,6 +26,7 @@ GROUPS = [
     "data",
     "bodypart",
     "model",
+    "pooling",
     "loss",
     "optimizer",
     "scheduler",
@@ -193,7 +194,10 @@ def test_testing_only_needs_a_checkpoint(mura_root, tmp_path):
 run_cli = partial(run_module, "mura_lightning.train")
 
 
-@pytest.mark.parametrize(("override", "choice"), [("model=densenet121", "resnet50"), ("bodypart=knee", "shoulder")])
+@pytest.mark.parametrize(
+    ("override", "choice"),
+    [("model=densenet121", "resnet50"), ("bodypart=knee", "shoulder"), ("pooling=median", "gated_attention")],
+)
 def test_wrong_choice_lists_the_valid_ones(override, choice, tmp_path):
     result = run_cli(override, f"paths.log_dir={tmp_path}")
     assert result.returncode != 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import zip_longest
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,10 @@ from mura_lightning.inference.explain import (
     overlay,
     pointing_game,
     preserved_state,
+    study_cams,
 )
 from mura_lightning.inference.model import InferenceModel
+from mura_lightning.models.segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,9 @@ class CAMCallback(Callback):
     on the model's `cam_layer`, target the abnormal logit) of a fixed sample of `num_images` images of the
     stage, half normal and half abnormal, spread over body parts, drawn as one grid under the TensorBoard
     tag `{stage}/1_cam` (`figure_tag`; each tile captioned with body part, label and predicted probability;
-    lesion boxes outlined where known).
+    lesion boxes outlined where known). For a model with a study pooling the grid shows whole studies (their views
+    side by side, up to `num_images` tiles): Grad-CAM of the study's logit on each view, each tile captioned with
+    its study's probability and the view's weight `w` in it (attention weights, for attention pooling).
 
     When the data has lesion boxes (synthetic MURA), it also logs `{stage}/cam/pointing_game` (share of
     abnormal images whose CAM maximum lies in a lesion box), `{stage}/cam/iou` (IoU of the CAM above
@@ -86,9 +91,12 @@ class CAMCallback(Callback):
         rows = rows[rows["subset"] == stage]
         boxes = lesion_boxes_by_path(read_lesion_boxes(datamodule.root))
         sample = choose_sample(rows, self.num_images, self.seed, boxes)
-        cams, probs, images = self._cams(pl_module, datamodule, sample["image_id"])
+        if pl_module.pools_studies:
+            sample = whole_studies(rows, sample, self.num_images)
+        cams, probs, weights, images = self._cams(pl_module, datamodule, sample)
         image_boxes = scale_boxes(boxes, sample["path"], images.sizes, cams.shape[1:])
-        grid = self._grid(images.pixels, cams, sample, probs, image_boxes)
+        shown_weights = weights if pl_module.pools_studies else [None] * len(weights)
+        grid = self._grid(images.pixels, cams, sample, probs, shown_weights, image_boxes)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(figure_tag(stage, "cam"), grid, global_step=trainer.global_step)
@@ -97,33 +105,51 @@ class CAMCallback(Callback):
             values.update(self._localisation(pl_module, datamodule, rows, boxes, stage))
         pl_module.log_dict(values, rank_zero_only=True)
 
-    def _cams(self, pl_module, datamodule, image_ids):
-        images = load_eval_images(datamodule.image_table(), list(image_ids), pl_module.eval_preset())
-        cams = compute_cams(pl_module.net, pl_module.cam_target_layer(), images.inputs, self.method)
+    def _cams(
+        self, pl_module, datamodule, sample: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, EvalImages]:
+        """CAMs of the sample's images (whole studies, for a study pooling); per image, its study's probability
+        (the image's own, for an image pooling) and its weight in it; and the images."""
+        images = load_eval_images(datamodule.image_table(), list(sample["image_id"]), pl_module.eval_preset())
+        studies = torch.as_tensor(sample["study_id"].to_numpy())
+        network, layer = pl_module.network(), pl_module.cam_target_layer()
+        if pl_module.pools_studies:
+            cams = study_cams(network, layer, images.inputs, studies, self.method)
+        else:
+            cams = compute_cams(network, layer, images.inputs, self.method)
+            studies = torch.arange(len(sample))  # each image scored on its own
         with torch.no_grad(), preserved_state(pl_module):
             model = InferenceModel.from_classifiers([pl_module])
-            probs = model(images.inputs.to(pl_module.device)).cpu().numpy()
-        return cams, probs, images
+            segments, _ = Segments.of(studies.to(pl_module.device))
+            scores = model.score(images.inputs.to(pl_module.device), segments)
+        probs = segments.spread(scores.study_probs).cpu().numpy()
+        return cams, probs, scores.weights.cpu().numpy(), images
 
     def _localisation(self, pl_module, datamodule, rows: pd.DataFrame, boxes: dict, stage: str) -> dict[str, float]:
         lesion_rows = rows[rows["path"].isin(boxes)].sort_values("image_id")
         chosen = lesion_rows.sample(min(len(lesion_rows), self.localisation_images), random_state=self.seed)
         if chosen.empty:
             return {}
-        images = load_eval_images(datamodule.image_table(), list(chosen["image_id"]), pl_module.eval_preset())
-        cams = compute_cams(pl_module.net, pl_module.cam_target_layer(), images.inputs, self.method)
-        scaled = scale_boxes(boxes, chosen["path"], images.sizes, cams.shape[1:])
+        sample = whole_studies(rows, chosen, len(rows)) if pl_module.pools_studies else chosen
+        cams, _, _, images = self._cams(pl_module, datamodule, sample)
+        lesion = sample["path"].isin(boxes).to_numpy()
+        cams, sizes = cams[lesion], [size for size, keep in zip(images.sizes, lesion, strict=True) if keep]
+        scaled = scale_boxes(boxes, sample["path"][lesion], sizes, cams.shape[1:])
         return {
             f"{stage}/cam/pointing_game": pointing_game(cams, scaled),
             f"{stage}/cam/iou": box_iou(cams, scaled, self.iou_threshold),
             f"{stage}/cam/box_area": box_area(scaled, cams.shape[1:]),
         }
 
-    def _grid(self, pixels, cams, sample: pd.DataFrame, probs, image_boxes) -> torch.Tensor:
+    def _grid(self, pixels, cams, sample: pd.DataFrame, probs, weights, image_boxes) -> torch.Tensor:
         tiles = []
         rows = sample.itertuples(index=False)
-        for gray, cam, row, prob, tile_boxes in zip(pixels, cams, rows, probs, image_boxes, strict=True):
+        for gray, cam, row, prob, weight, tile_boxes in zip(
+            pixels, cams, rows, probs, weights, image_boxes, strict=True
+        ):
             caption = f"{row.body_part} {CLASS_NAMES[int(row.label)]} p={prob:.2f}"
+            if weight is not None:
+                caption += f" w={weight:.2f}"
             tiles.append(captioned_tile(overlay(gray, cam, self.image_weight), tile_boxes, caption))
         return make_grid(torch.stack(tiles), nrow=int(np.ceil(np.sqrt(len(tiles)))), padding=2)
 
@@ -169,6 +195,20 @@ def choose_sample(rows: pd.DataFrame, count: int, seed: int, boxes: dict | None 
                     picked.append(queue.pop(0))
                     share -= 1
     return rows.set_index("image_id").loc[picked].reset_index()
+
+
+def whole_studies(rows: pd.DataFrame, sample: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The studies of the sample's images, each with all its views (in image order), taken abnormal and normal in
+    turn while they fit in `count` images (the first always)."""
+    by_label = [list(dict.fromkeys(sample.loc[sample["label"] == label, "study_id"])) for label in (1, 0)]
+    order = [study for pair in zip_longest(*by_label) for study in pair if study is not None]
+    views = rows.sort_values("image_id").groupby("study_id")["image_id"].apply(list)
+    chosen: list[int] = []
+    for study in order:
+        if chosen and len(chosen) + len(views[study]) > count:
+            continue
+        chosen.extend(views[study])
+    return rows.set_index("image_id").loc[chosen].reset_index()
 
 
 def captioned_tile(picture: np.ndarray, boxes: list[Box], caption: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "presets": ["BatchAugment", "EvalPreset", "Preprocessing", "TrainPreset"],
         "cache": ["ImageCache"],
         "dataset": ["MuraImageDataset"],
-        "lesions": ["read_lesion_boxes"],
+        "study_batches": ["ImageBatches", "StudyBatchSampler", "pack_studies"],
+        "lesions": ["lesion_boxes_by_path", "read_lesion_boxes", "read_lesion_rows", "scale_boxes"],
     },
 )

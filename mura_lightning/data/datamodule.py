@@ -17,6 +17,7 @@ from mura_lightning.data.dataset import MuraImageDataset, collate_skipping_none
 from mura_lightning.data.index import MuraDataError, MuraIndex, build_index, resolve_body_parts, select_body_parts
 from mura_lightning.data.presets import BatchAugment, EvalPreset, Preprocessing, TrainPreset
 from mura_lightning.data.splits import assign_subsets, class_counts
+from mura_lightning.data.study_batches import ImageBatches, StudyBatchSampler, check_max_views
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,11 @@ class MURADataModule(LightningDataModule):
 
     With `cache`, every image is decoded and resized once into a memory-mapped array under `cache_dir` (see
     ImageCache), so workers only copy bytes. With `gpu_augment`, batches leave the workers as uint8 and are
-    flipped, rotated (training) and normalised on the device, in `on_after_batch_transfer`. Synthetic MURA,
+    flipped, rotated (training) and normalised on the device, in `on_after_batch_transfer`.
+
+    With `study_batches` (set by train for study poolings, as the model says), every loader packs whole studies
+    into batches of up to `batch_size` images (see StudyBatchSampler): in training at most `max_views` views of a
+    study, a random subset each epoch (None: as many as a batch holds), all of them in val and test. Synthetic MURA,
     generated on first use, is mura_lightning.synthetic.datamodule.SyntheticMURADataModule.
     """
 
@@ -56,6 +61,8 @@ class MURADataModule(LightningDataModule):
         gpu_augment: bool = False,
         num_folds: int | None = None,
         fold: int | None = None,
+        study_batches: bool = False,
+        max_views: int | None = None,
     ) -> None:
         super().__init__()
         if not root:
@@ -76,6 +83,8 @@ class MURADataModule(LightningDataModule):
         self.fold = fold
         self.seed = seed
         self.balanced_sampler = balanced_sampler
+        self.study_batches = study_batches
+        self.max_views = check_max_views(max_views)
         self.on_error = on_error
         if cache and not cache_dir:
             raise MuraDataError("data.cache=true needs data.cache_dir: a folder for the preprocessed images")
@@ -154,6 +163,8 @@ class MURADataModule(LightningDataModule):
 
     def _loader(self, subset: str, train: bool) -> DataLoader:
         dataset = self.datasets[subset]
+        if self.study_batches:
+            return self._study_loader(dataset, train)
         sampler = self._balanced_sampler(dataset) if train and self.balanced_sampler else None
         return DataLoader(
             dataset,
@@ -161,6 +172,26 @@ class MURADataModule(LightningDataModule):
             shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_skipping_none,
+        )
+
+    def _study_loader(self, dataset: MuraImageDataset, train: bool) -> DataLoader:
+        """Batches of whole studies (the sampler yields each batch's image positions; DDP deals out batches)."""
+        sampler = StudyBatchSampler(
+            dataset.studies,
+            self.batch_size,
+            train=train,
+            max_views=self.max_views,
+            seed=self.seed,
+            balance_labels=dataset.labels if train and self.balanced_sampler else None,
+        )
+        return DataLoader(
+            ImageBatches(dataset, sampler.plan(0)),
+            sampler=sampler,
+            batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

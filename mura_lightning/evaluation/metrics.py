@@ -106,17 +106,19 @@ class PredictionTable:
 
 
 class ImagePredictions(Metric):
-    """Collects per-image predictions of one stage; `compute` returns them gathered from every process, each
-    image once (distributed samplers repeat images to even out the ranks), ordered by image id. States are
-    float32 (probabilities, labels) and int64 (ids), so bf16 runs and gloo all-gathers work."""
+    """Collects per-image predictions of one stage (or per-study ones, with `unique_by="studies"`); `compute`
+    returns them gathered from every process, each image (study) once (distributed samplers repeat batches to even
+    out the ranks), ordered by that id. States are float32 (probabilities, labels) and int64 (ids), so bf16 runs
+    and gloo all-gathers work."""
 
     full_state_update = False
     STATES = ("probs", "labels", "studies", "body_parts", "image_ids")
 
-    def __init__(self) -> None:
+    def __init__(self, unique_by: str = "image_ids") -> None:
         super().__init__()
         for name in self.STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
+        self.unique_by = unique_by
 
     def update(
         self,
@@ -135,7 +137,7 @@ class ImagePredictions(Metric):
 
     def compute(self) -> PredictionTable:
         gathered = {name: dim_zero_cat(getattr(self, name)) for name in self.STATES}
-        first = _first_occurrences(gathered["image_ids"])
+        first = _first_occurrences(gathered[self.unique_by])
         return PredictionTable(**{name: values[first] for name, values in gathered.items()})
 
 
@@ -220,26 +222,37 @@ class BinaryScores(nn.Module):
 
 class StageMetrics(nn.Module):
     """The predictions and scores of one stage (val or test), at image and study level, overall and per body
-    part. It collects per-image logits; `tables` turns them into (temperature-scaled) probabilities."""
+    part. It collects per-image logits, and for study poolings per-study logits too; `tables` turns them into
+    (temperature-scaled) probabilities."""
 
     def __init__(self) -> None:
         super().__init__()
         self.predictions = ImagePredictions()
+        self.study_predictions = ImagePredictions(unique_by="studies")
         self.scores = BinaryScores()
 
     def update(self, logits, labels, studies, body_parts, image_ids) -> None:
         """Add a batch of per-image logits."""
         self.predictions.update(logits, labels, studies, body_parts, image_ids)
 
-    def logits(self) -> PredictionTable:
-        """The gathered per-image table, holding logits where it would hold probabilities."""
-        return self.predictions.compute()
+    def update_studies(self, logits, labels, studies, body_parts, first_image_ids) -> None:
+        """Add a batch of per-study logits (a study pooling's), with each study's first image id."""
+        self.study_predictions.update(logits, labels, studies, body_parts, first_image_ids)
 
-    def tables(self, aggregation: str, temperature: float = 1.0) -> dict[str, PredictionTable]:
-        """The gathered image table, probabilities sigmoid(logit / temperature), and its study table."""
+    def logits(self, level: str = "image") -> PredictionTable:
+        """The gathered per-image (or per-study) table, holding logits where it would hold probabilities."""
+        return (self.study_predictions if level == "study" else self.predictions).compute()
+
+    def tables(self, aggregation: str | None, temperature: float = 1.0) -> dict[str, PredictionTable]:
+        """The gathered image table, probabilities sigmoid(logit / temperature), and its study table: the mean (or
+        max, see `aggregate_studies`) of the image probabilities, or with `aggregation` None the collected study
+        logits' probabilities."""
         logits = self.logits()
         images = replace(logits, probs=calibrated_probabilities(logits.probs, temperature))
-        return {"image": images, "study": images.by_study(aggregation)}
+        if aggregation is not None:
+            return {"image": images, "study": images.by_study(aggregation)}
+        studies = self.logits("study")
+        return {"image": images, "study": replace(studies, probs=calibrated_probabilities(studies.probs, temperature))}
 
     def score(
         self, stage: str, tables: dict[str, PredictionTable], threshold: float | torch.Tensor
@@ -268,6 +281,7 @@ class StageMetrics(nn.Module):
     def reset(self) -> None:
         """Forget the collected predictions."""
         self.predictions.reset()
+        self.study_predictions.reset()
 
 
 def metrics_by_body_part(values: dict[str, float], stage: str, level: str) -> pd.DataFrame:

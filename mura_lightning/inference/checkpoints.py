@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from mura_lightning.data.index import resolve_body_parts
 from mura_lightning.errors import MuraError
 from mura_lightning.models.backbones import state_dict_mismatch
-from mura_lightning.models.module import MURAClassifier, fill_missing_buffers
+from mura_lightning.models.module import MURAClassifier, fill_missing_buffers, pooling_of
 
 BEST_CHECKPOINTS = "**/checkpoints/best*.ckpt"  # what a run keeps as its best (conf/callbacks: model_checkpoint)
 
@@ -72,8 +72,10 @@ def load_classifier(path: str | Path, expected_backbone: str | None = None) -> M
 
 def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's model hyperparameters in today's form: checkpoints written before preprocessing owned
-    `in_chans` kept it in `backbone`, and a `cam_layer` that now comes with the backbone."""
-    hparams = {key: value for key, value in saved.items() if key != "cam_layer"}
+    `in_chans` kept it in `backbone`, and a `cam_layer` that now comes with the backbone; those written before the
+    pooling group held `study_aggregation` (mean or max), now the image pooling mean_prob or max_prob."""
+    hparams = {key: value for key, value in saved.items() if key not in ("cam_layer", "study_aggregation")}
+    hparams["pooling"] = pooling_of(saved)
     backbone = dict(hparams["backbone"])
     in_chans = backbone.pop("in_chans", None)
     if in_chans is not None:

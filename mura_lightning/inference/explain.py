@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mura_lightning.errors import MuraError
+from mura_lightning.models.study_network import StudyLogit, StudyNetwork
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the CAM's grid, x1/y1 exclusive
 ABNORMAL = 1
@@ -62,6 +63,20 @@ def compute_cams(model: nn.Module, target_layer: nn.Module, inputs: torch.Tensor
         with cam_method(method)(model=model, target_layers=[target_layer]) as cam:
             targets = [BinaryClassifierOutputTarget(ABNORMAL)] * len(inputs)
             return cam(input_tensor=inputs.to(device=device, dtype=torch.float32), targets=targets)
+
+
+def study_cams(
+    network: StudyNetwork, target_layer: nn.Module, inputs: torch.Tensor, studies: torch.Tensor, method: str
+) -> np.ndarray:
+    """CAMs (N, H, W) in [0, 1] of a network with a study pooling: for each study of the batch (`studies`: each
+    view's study), Grad-CAM of the study's logit on each of its views (see `compute_cams`)."""
+    cams: list[np.ndarray | None] = [None] * len(inputs)
+    for study in torch.unique(studies).tolist():
+        rows = torch.nonzero(studies == study).squeeze(1)
+        study = compute_cams(StudyLogit(network), target_layer, inputs[rows], method)
+        for row, cam in zip(rows.tolist(), study, strict=True):
+            cams[row] = cam
+    return np.stack(cams)
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, image_weight: float) -> np.ndarray:

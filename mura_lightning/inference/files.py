@@ -12,7 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from mura_lightning.data.images import ImageDecodeError, read_grayscale
 from mura_lightning.data.presets import EvalPreset
+from mura_lightning.data.study_batches import StudyBatchSampler
 from mura_lightning.inference.model import InferenceModel
+from mura_lightning.models.segments import Segments
 from mura_lightning.progress import progress
 
 
@@ -44,9 +46,13 @@ class RadiographFiles(Dataset):
 
 @dataclass
 class FilePredictions:
-    """Per file, in input order: the probability (NaN where the file could not be read) and the error ("" if none)."""
+    """Per file, in input order: the probability (NaN where the file could not be read), its weight in its study's
+    score (NaN likewise) and the error ("" if none); per study (by its code), the study's probability (NaN when
+    none of its files could be read)."""
 
     probs: np.ndarray
+    weights: np.ndarray
+    study_probs: np.ndarray
     errors: list[str]
 
     @property
@@ -62,15 +68,21 @@ def predict_files(
     model: InferenceModel,
     files: Sequence[str | Path],
     *,
+    studies: Sequence[int] | np.ndarray | None = None,
     batch_size: int,
     num_workers: int = 0,
     on_batch: BatchHook | None = None,
 ) -> FilePredictions:
-    """The model's probabilities for every file, computed on the model's device in batches. `on_batch(batch,
-    probs)` is called with each batch's readable images (keys index, pixels, input) and their probabilities."""
+    """The model's probabilities for every file and every study, computed on the model's device in batches of
+    whole studies (`studies`: each file's study as a code 0, 1, ...; None: every file a study of its own; see
+    StudyBatchSampler). `on_batch(batch, probs)` is called with each batch's readable images (keys index, study,
+    pixels, input) and their probabilities."""
     device = next(model.parameters()).device
-    loader = DataLoader(RadiographFiles(files, model.preset), batch_size=batch_size, num_workers=num_workers)
-    probs = np.full(len(files), np.nan)
+    codes = np.arange(len(files)) if studies is None else np.asarray(studies, dtype=np.int64)
+    sampler = StudyBatchSampler(codes, batch_size, train=False)
+    loader = DataLoader(RadiographFiles(files, model.preset), batch_sampler=sampler, num_workers=num_workers)
+    probs, weights = np.full(len(files), np.nan), np.full(len(files), np.nan)
+    study_probs = np.full(int(codes.max()) + 1 if len(codes) else 0, np.nan)
     errors = [""] * len(files)
     with torch.no_grad(), progress(f"predicting {len(files)} images", total=len(files), unit="images") as bar:
         for batch in loader:
@@ -81,8 +93,12 @@ def predict_files(
             if not ok.any():
                 continue
             readable = {key: batch[key][ok] for key in ("index", "pixels", "input")}
-            batch_probs = model(readable["input"].to(device)).cpu()
-            probs[readable["index"].numpy()] = batch_probs.numpy()
+            readable["study"] = torch.as_tensor(codes[readable["index"].numpy()])
+            segments, ids = Segments.of(readable["study"].to(device))
+            scores = model.score(readable["input"].to(device), segments)
+            positions = readable["index"].numpy()
+            probs[positions], weights[positions] = scores.view_probs.cpu().numpy(), scores.weights.cpu().numpy()
+            study_probs[ids.cpu().numpy()] = scores.study_probs.cpu().numpy()
             if on_batch is not None:
-                on_batch(readable, batch_probs)
-    return FilePredictions(probs, errors)
+                on_batch(readable, scores.view_probs.cpu())
+    return FilePredictions(probs, weights, study_probs, errors)

@@ -1,5 +1,5 @@
 """InferenceModel: one or several trained networks with their preprocessing, test-time augmentation, threshold
-and study aggregation, as one torch module."""
+and study pooling, as one torch module."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from mura_lightning.inference.checkpoints import checkpoint_paths, load_classifi
 from mura_lightning.inference.tta import TestTimeAugmentation
 from mura_lightning.models.backbones import cam_target_layer
 from mura_lightning.models.module import MURAClassifier
+from mura_lightning.models.pooling import IMAGE_POOLINGS, StudyScores, ViewOutputs, build_pooling
+from mura_lightning.models.segments import OneStudy, Segments
+from mura_lightning.models.study_network import StudyNetwork
 
 DEFAULT_TTA_DEGREES = 10.0  # as in conf/evaluate.yaml and conf/predict.yaml
 
@@ -30,22 +33,23 @@ Radiograph = str | Path | Image.Image | np.ndarray
 class InferenceModel(nn.Module):
     """`forward` maps a normalised batch (N, C, S, S) to abnormality probabilities (N,): the mean, over the
     networks of an ensemble and the test-time-augmentation views, of sigmoid(logit / T) in float32, with T each
-    network's calibration temperature (`temperatures`, 1 for uncalibrated models). `preprocess`
-    turns a radiograph (file path, PIL image, (H, W) or (H, W, 3|4) uint8 array) into that normalised (C, S, S)
-    tensor exactly as in evaluation; `predict` does both for a list of radiographs. `nets` are the members, each
-    a `MemberInput` (the network behind the adapter that feeds it the ensemble's input).
+    network's calibration temperature (`temperatures`, 1 for uncalibrated models); for a network with a study
+    pooling, each image is scored as a study of its own. `score` takes the views of whole studies and gives, with
+    those, each study's probability and each view's weight in it: each network's study pooling (`poolings`), the
+    mean over networks and test-time views. `preprocess` turns a radiograph (file path, PIL image, (H, W) or
+    (H, W, 3|4) uint8 array) into that normalised (C, S, S) tensor exactly as in evaluation; `predict` does both for
+    a list of radiographs, `predict_study` for the views of one study. `nets` are the members, each a `MemberInput`
+    (the network behind the adapter that feeds it the ensemble's input).
 
-    `threshold` (abnormal iff probability > threshold) and `study_aggregation` (a study's probability is the mean
-    or max of its images') say how to turn the probabilities into decisions; `thresholds`, when not None, maps
-    body parts to their own thresholds (`threshold_of`; parts it lacks use `threshold`). `describe()` says what
-    it is made of. Build it with `from_checkpoints` (or `from_classifiers`) rather than by hand; Torch Hub's
-    `mura_classifier` (hubconf.py) returns one.
+    `threshold` (abnormal iff probability > threshold) says how to turn the probabilities into decisions;
+    `thresholds`, when not None, maps body parts to their own thresholds (`threshold_of`; parts it lacks use
+    `threshold`). `describe()` says what it is made of. Build it with `from_checkpoints` (or `from_classifiers`)
+    rather than by hand; Torch Hub's `mura_classifier` (hubconf.py) returns one.
 
     Args:
         nets: the members, each a `MemberInput`.
         preprocessing: what the model takes (image size, channels, mean and std), the first member's.
         threshold: abnormal iff probability > threshold.
-        study_aggregation: `mean` or `max` of a study's image probabilities.
         tta: test-time augmentation, `none`, `hflip` or `hflip_rotate` (the mean probability over the views).
         tta_degrees: the rotations of `hflip_rotate` (-tta_degrees and +tta_degrees).
         names: each member's backbone, for `describe()`.
@@ -59,7 +63,7 @@ class InferenceModel(nn.Module):
 
         model = InferenceModel.from_checkpoints("outputs/train/RUN/checkpoints/best-epoch005.ckpt", tta="hflip")
         probabilities = model.predict(["image1.png", "image2.png"])  # (2,): each radiograph's probability
-        study = probabilities.mean() if model.study_aggregation == "mean" else probabilities.max()
+        study, weights = model.predict_study(["image1.png", "image2.png"])  # the two as the views of one study
         print(f"study probability {study:.3f}: {'abnormal' if study > model.threshold_of('wrist') else 'normal'}")
         ```
     """
@@ -70,7 +74,6 @@ class InferenceModel(nn.Module):
         *,
         preprocessing: Preprocessing,
         threshold: float,
-        study_aggregation: str,
         tta: str = "none",
         tta_degrees: float = DEFAULT_TTA_DEGREES,
         names: Sequence[str] = (),
@@ -88,7 +91,6 @@ class InferenceModel(nn.Module):
         self.temperatures = [float(t) for t in temperatures] if temperatures is not None else [1.0] * len(nets)
         if len(self.temperatures) != len(nets):
             raise MuraError(f"{len(nets)} networks but {len(self.temperatures)} temperatures: give one per network")
-        self.study_aggregation = study_aggregation
         self.names = list(names)
         self.sources = list(sources)
         self.eval()
@@ -100,34 +102,42 @@ class InferenceModel(nn.Module):
         *,
         sources: Sequence[str] = (),
         threshold: float | None = None,
-        study_aggregation: str | None = None,
+        pooling: str | None = None,
         tta: str = "none",
         tta_degrees: float = DEFAULT_TTA_DEGREES,
     ) -> InferenceModel:
         """The trained classifiers as one model (sharing their networks). Members of an ensemble must take the
         same image size; the first member's preprocessing makes the input, the others get it renormalised to
-        their own channels and mean/std (exactly: every channel holds the same gray image); the threshold and
-        aggregation are the given ones, else the models' own (see `threshold_in_force`). Each network keeps its
-        own temperature; per-body-part thresholds are used for a single model tuned with them and no `threshold`
-        given."""
+        their own channels and mean/std (exactly: every channel holds the same gray image); the threshold is the
+        given one, else the models' own (see `threshold_in_force`). `pooling` (mean_prob or max_prob) replaces the
+        image pooling of members trained on images; a member with a study pooling keeps its own, trained into it.
+        Each network keeps its own temperature; per-body-part thresholds are used for a single model tuned with
+        them and no `threshold` given."""
         first = classifiers[0]
-        for classifier, source in zip(classifiers[1:], sources[1:] or [""] * len(classifiers), strict=False):
+        sources = list(sources) or [""] * len(classifiers)
+        for classifier, source in zip(classifiers[1:], sources[1:], strict=True):
             if classifier.preprocessing.image_size != first.preprocessing.image_size:
                 raise MuraError(
                     f"the models of an ensemble must take the same image size: {source or 'a member'} takes "
                     f"{classifier.preprocessing.image_size} px, the first {first.preprocessing.image_size} px"
                 )
+        networks = [
+            with_pooling(classifier.network(), pooling, source)
+            for classifier, source in zip(classifiers, sources, strict=True)
+        ]
         return cls(
-            [MemberInput(first.preprocessing, member.preprocessing, member.net) for member in classifiers],
+            [
+                MemberInput(first.preprocessing, member.preprocessing, net)
+                for member, net in zip(classifiers, networks, strict=True)
+            ],
             preprocessing=first.preprocessing,
             threshold=threshold_in_force(
                 [float(c.tuned_threshold) for c in classifiers], first.metric_settings.threshold, threshold
             ),
-            study_aggregation=study_aggregation or first.study_aggregation,
             tta=tta,
             tta_degrees=tta_degrees,
             names=[classifier.hparams["backbone"]["name"] for classifier in classifiers],
-            sources=sources,
+            sources=[source for source in sources if source],
             temperatures=[float(classifier.temperature) for classifier in classifiers],
             thresholds=per_part_thresholds(classifiers) if threshold is None else None,
         )
@@ -141,16 +151,45 @@ class InferenceModel(nn.Module):
         trained_body_parts(paths)
         return cls.from_classifiers([load_classifier(path) for path in paths], sources=paths, **options)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _member_views(self, images: torch.Tensor) -> tuple[int, list[ViewOutputs]]:
+        """The number of test-time views, and each member's outputs for all of them, views stacked first."""
         views = self.tta(images)
-        flat = views.flatten(0, 1)
+        return self.tta.num_views, [member.views(views.flatten(0, 1)) for member in self.nets]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        count, outputs = self._member_views(images)
         probs = torch.stack(
             [
-                torch.sigmoid(net(flat).float().squeeze(1) / temperature)
-                for net, temperature in zip(self.nets, self.temperatures, strict=True)
+                torch.sigmoid(output.logits.float() / temperature)
+                for output, temperature in zip(outputs, self.temperatures, strict=True)
             ]
         )
-        return probs.unflatten(1, (views.shape[0], images.shape[0])).mean(dim=(0, 1))
+        return probs.unflatten(1, (count, images.shape[0])).mean(dim=(0, 1))
+
+    def score(self, images: torch.Tensor, segments: Segments) -> StudyScores:
+        """View probabilities (as in `forward`), study probabilities and view weights of a batch holding whole
+        studies (`segments` says which), each the mean over the members and the test-time views of what the
+        member's pooling gives for that view of the studies."""
+        count, outputs = self._member_views(images)
+        scores = []
+        for member, output, temperature in zip(self.nets, outputs, self.temperatures, strict=True):
+            logits = output.logits.unflatten(0, (count, -1))
+            embeddings = None if output.embeddings is None else output.embeddings.unflatten(0, (count, -1))
+            for view in range(count):
+                part = ViewOutputs(logits[view], None if embeddings is None else embeddings[view])
+                scores.append(member.network.pooling.score(part, segments, temperature))
+        return StudyScores.mean(scores)
+
+    @property
+    def poolings(self) -> list[str]:
+        """Each member's study pooling (conf/pooling)."""
+        return [member.network.pooling.name for member in self.nets]
+
+    @property
+    def pools_studies(self) -> bool:
+        """Whether a member scores studies from their views together (a study pooling): then a study's views must
+        be scored in one batch (`score`)."""
+        return any(member.network.pooling.trains_on_studies for member in self.nets)
 
     def threshold_of(self, body_part: str) -> float:
         """The threshold of a radiograph of `body_part` (a BODY_PARTS name, or "" when unknown)."""
@@ -174,29 +213,57 @@ class InferenceModel(nn.Module):
         batch = torch.stack([self.preprocess(image) for image in images]).to(device)
         return self(batch).cpu()
 
-    def members(self) -> list[nn.Module]:
+    @torch.no_grad()
+    def predict_study(self, views: Sequence[Radiograph]) -> tuple[float, torch.Tensor]:
+        """The abnormality probability of the study whose views these radiographs are, and each view's weight in
+        it (they sum to 1)."""
+        device = next(self.parameters()).device
+        batch = torch.stack([self.preprocess(image) for image in views]).to(device)
+        scores = self.score(batch, OneStudy())
+        return float(scores.study_probs[0]), scores.weights.cpu()
+
+    def members(self) -> list[StudyNetwork]:
         """The trained networks of the model, without their input adapters."""
-        return [member.net for member in self.nets]
+        return [member.network for member in self.nets]
 
     def cam_target_layers(self) -> list[nn.Module]:
         """Each network's layer for class activation maps (its backbone's `cam_layer`)."""
-        return [cam_target_layer(net, name) for net, name in zip(self.members(), self.names, strict=True)]
+        return [cam_target_layer(net.net, name) for net, name in zip(self.members(), self.names, strict=True)]
 
     def describe(self) -> dict[str, Any]:
-        """What the predictions come from: backbones, checkpoints, preprocessing, calibration temperatures,
-        decisions (threshold, per-body-part thresholds or None) and TTA."""
+        """What the predictions come from: backbones, checkpoints, poolings, preprocessing, calibration
+        temperatures, decisions (threshold, per-body-part thresholds or None) and TTA."""
         return {
             "model": "+".join(self.names),
             "models": self.names,
             "ckpt_paths": self.sources,
+            "pooling": "+".join(self.poolings),
+            "poolings": self.poolings,
             "preprocessing": self.preprocessing.to_dict(),
             "threshold": self.threshold,
             "thresholds": self.thresholds,
             "temperatures": self.temperatures,
-            "study_aggregation": self.study_aggregation,
             "tta": self.tta.mode,
             "tta_degrees": self.tta.degrees,
         }
+
+
+def with_pooling(network: StudyNetwork, pooling: str | None, source: str) -> StudyNetwork:
+    """`network`, its image pooling replaced by `pooling` (mean_prob or max_prob) when given. A network with a
+    study pooling keeps it (it was trained into the network): asking for another is a MuraError."""
+    if pooling is None or pooling == network.pooling.name:
+        return network
+    if pooling not in IMAGE_POOLINGS:
+        raise MuraError(
+            f"pooling={pooling} cannot be chosen at inference: a study pooling is trained into the model; here "
+            f"pooling= picks {' or '.join(IMAGE_POOLINGS)} for models trained on images (or leave it null)"
+        )
+    if network.pooling.trains_on_studies:
+        raise MuraError(
+            f"{source or 'the model'} was trained with pooling={network.pooling.name}, which is part of the model: "
+            f"pooling={pooling} cannot replace it; leave pooling null (its own pooling)"
+        )
+    return StudyNetwork(network.net, build_pooling(pooling, 0), network.head)
 
 
 def per_part_thresholds(classifiers: Sequence[MURAClassifier]) -> dict[str, float] | None:
@@ -210,11 +277,11 @@ def per_part_thresholds(classifiers: Sequence[MURAClassifier]) -> dict[str, floa
 class MemberInput(nn.Module):
     """An ensemble member fed the ensemble's input: a batch normalised with `source` is turned back into the gray
     image in [0, 1] (channel 0: x * std + mean) and normalised with the member's own `target` preprocessing;
-    where both are the same the batch passes unchanged."""
+    where both are the same the batch passes unchanged. `views` gives the member network's view outputs."""
 
-    def __init__(self, source: Preprocessing, target: Preprocessing, net: nn.Module) -> None:
+    def __init__(self, source: Preprocessing, target: Preprocessing, network: StudyNetwork) -> None:
         super().__init__()
-        self.net = net
+        self.network = network
         self.same = source == target
         self.register_buffer("source", torch.tensor([source.channel_std[0], source.channel_mean[0]]), persistent=False)
         shape = (1, target.in_chans, 1, 1)
@@ -222,11 +289,12 @@ class MemberInput(nn.Module):
         self.register_buffer("std", torch.tensor(target.channel_std).view(shape), persistent=False)
         self.in_chans = target.in_chans
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def views(self, images: torch.Tensor) -> ViewOutputs:
+        """The member network's outputs for the ensemble's input."""
         if self.same:
-            return self.net(images)
+            return self.network.views(images)
         gray = images[:, :1] * self.source[0] + self.source[1]
-        return self.net((gray.expand(-1, self.in_chans, -1, -1) - self.mean) / self.std)
+        return self.network.views((gray.expand(-1, self.in_chans, -1, -1) - self.mean) / self.std)
 
 
 def as_grayscale(image: Radiograph) -> np.ndarray:

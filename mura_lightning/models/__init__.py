@@ -1,4 +1,4 @@
-"""Models: torchvision backbones with one logit, the losses, and the LightningModule."""
+"""Models: torchvision backbones with one logit, the losses, the study poolings, and the LightningModule."""
 
 from mura_lightning._exports import lazy_exports
 
@@ -8,5 +8,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "module": ["MURAClassifier", "NonFiniteLossError"],
         "backbones": ["BackboneSpec", "PretrainedWeightsError", "backbone_spec", "build_backbone"],
         "losses": ["BCELoss", "FocalLoss", "MuraLoss", "WeightedBCELoss"],
+        "pooling": ["POOLINGS", "StudyPooling", "StudyScores", "ViewOutputs", "build_pooling"],
+        "segments": ["OneStudy", "Segments"],
+        "study_network": ["StudyNetwork"],
     },
 )

@@ -172,3 +172,16 @@ def build_backbone(
     head: nn.Linear = model.get_submodule(spec.classifier)
     _replace(model, spec.classifier, nn.Linear(head.in_features, 1))
     return model
+
+
+def head_of(net: nn.Module, name: str) -> nn.Linear:
+    """The one-logit head of a `name` network built by `build_backbone`."""
+    return net.get_submodule(backbone_spec(name).classifier)
+
+
+def take_head(net: nn.Module, name: str) -> nn.Linear:
+    """Take the one-logit head out of a `name` network, leaving an identity in its place (the network then gives
+    its embeddings), and return it."""
+    head = head_of(net, name)
+    _replace(net, backbone_spec(name).classifier, nn.Identity())
+    return head

@@ -1,4 +1,5 @@
-"""Losses on one logit per image: MURA's per-body-part weighted BCE, plain BCE, and focal loss."""
+"""Losses on one logit per image (or per study, for study poolings): MURA's per-body-part weighted BCE, plain BCE,
+and focal loss."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from torchvision.ops import sigmoid_focal_loss
 from mura_lightning.data.index import BODY_PARTS
 from mura_lightning.errors import MuraError
 
+COUNT_UNITS = ("images", "studies")
+
 
 class MuraLoss(nn.Module):
-    """A loss of (logits, labels, body-part indices), each of shape (N,); mean over the batch."""
+    """A loss of (logits, labels, body-part indices), each of shape (N,) (N images, or N studies); mean over the
+    batch."""
 
-    def set_class_counts(self, counts: pd.DataFrame) -> None:
-        """Receive the training class counts per body part (see `class_counts`); unused unless overridden."""
+    def set_class_counts(self, counts: pd.DataFrame, unit: str = "images") -> None:
+        """Receive the training class counts per body part (see `class_counts`), counted in `unit` (images or
+        studies: what the loss is taken on); unused unless overridden."""
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, body_parts: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -31,7 +36,8 @@ class BCELoss(MuraLoss):
 
 class WeightedBCELoss(MuraLoss):
     """The MURA paper's loss: for body part T, abnormal images weigh w1 = N_T / (A_T + N_T) and normal ones
-    w0 = A_T / (A_T + N_T), with A_T and N_T the abnormal and normal training images of T.
+    w0 = A_T / (A_T + N_T), with A_T and N_T the abnormal and normal training images of T (studies, for a loss on
+    studies).
 
     `weights` holds (w0, w1) per entry of BODY_PARTS. `set_class_counts` sets it from the training data each
     time a run starts (a resumed run included), so it is not stored in checkpoints.
@@ -41,15 +47,18 @@ class WeightedBCELoss(MuraLoss):
         super().__init__()
         self.register_buffer("weights", torch.full((len(BODY_PARTS), 2), float("nan")), persistent=False)
 
-    def set_class_counts(self, counts: pd.DataFrame) -> None:
-        """Compute (w0, w1) for each body part present in `counts` (images_normal, images_abnormal columns)."""
+    def set_class_counts(self, counts: pd.DataFrame, unit: str = "images") -> None:
+        """Compute (w0, w1) for each body part present in `counts` from its `{unit}_normal` and `{unit}_abnormal`
+        columns (unit: images or studies)."""
+        if unit not in COUNT_UNITS:
+            raise MuraError(f"class counts are in {' or '.join(COUNT_UNITS)}, not {unit!r}")
         weights = torch.full((len(BODY_PARTS), 2), float("nan"))
         for part, row in counts.iterrows():
-            total = row["images_normal"] + row["images_abnormal"]
-            if total == 0:
+            normal, abnormal = row[f"{unit}_normal"], row[f"{unit}_abnormal"]
+            if normal + abnormal == 0:
                 continue
             weights[BODY_PARTS.index(part)] = torch.tensor(
-                [row["images_abnormal"] / total, row["images_normal"] / total], dtype=torch.float32
+                [abnormal / (normal + abnormal), normal / (normal + abnormal)], dtype=torch.float32
             )
         self.weights.copy_(weights)
 

@@ -111,19 +111,22 @@ def study_rng(seed: int, key: tuple[int, int]) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STUDY_STREAM, *key)))
 
 
-def _lesion_flags(rng: np.random.Generator, plan: StudyPlan, spec: SyntheticSpec) -> list[bool]:
-    """Which images of the study show the lesion: none when normal, at least one when abnormal."""
-    if not plan.label:
-        return [False] * plan.images
-    flags = list(rng.random(plan.images) < spec.lesion_image_prob)
-    if not any(flags):
-        flags[int(rng.integers(plan.images))] = True
-    return flags
+def lesion_flags(rng: np.random.Generator, images: int, mode: str | None) -> list[bool]:
+    """Which of a study's images show its lesion: none in a normal study (`mode` None); for an abnormal one, as
+    its kind's `lesion_views` mode says: `all`, `one` at random, or a `subset` of 1 to all of them (the count
+    uniform, then which ones at random)."""
+    if mode is None:
+        return [False] * images
+    count = {"all": images, "one": 1}.get(mode) or int(rng.integers(1, images + 1))
+    shown = set(rng.choice(images, size=count, replace=False).tolist())
+    return [image in shown for image in range(images)]
 
 
-def render_study(plan: StudyPlan, spec: SyntheticSpec) -> list[tuple[np.ndarray, list[Lesion]]]:
-    """The images of one study, in order, each with the lesions painted on it (none in a normal study)."""
+def render_study(plan: StudyPlan, spec: SyntheticSpec) -> tuple[str | None, list[tuple[np.ndarray, list[Lesion]]]]:
+    """The lesion kind of one study (None when normal) and its images, in order, each with the lesions painted on
+    it (none in a normal study, and none on the views of an abnormal one that do not show it: lesion_views)."""
     rng = study_rng(spec.seed, plan.key)
     weights = np.array([spec.lesion_kind_weights.get(kind, 0.0) for kind in LESION_KINDS])
     kind = LESION_KINDS[int(rng.choice(len(LESION_KINDS), p=weights / weights.sum()))] if plan.label else None
-    return [render_image(plan.part, rng, spec, kind if flag else None) for flag in _lesion_flags(rng, plan, spec)]
+    flags = lesion_flags(rng, plan.images, spec.lesion_views[kind] if kind else None)
+    return kind, [render_image(plan.part, rng, spec, kind if flag else None) for flag in flags]

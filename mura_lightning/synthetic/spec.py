@@ -15,6 +15,7 @@ from mura_lightning.errors import MuraError
 
 DEFAULTS_FILE = "defaults.yaml"
 LESION_KINDS = ("fracture", "hardware", "lytic")
+LESION_VIEW_MODES = ("all", "subset", "one")  # which views of an abnormal study show its lesion (lesion_views)
 MIN_STUDIES_PER_PART = 4  # every body part gets a train and a valid study of each label
 LESION_SIZE_KNOBS = ("fracture_gap", "fracture_shift", "fracture_angulation_deg", "lytic_diameter", "plate_width")
 LESION_DENSITY_KNOBS = (
@@ -72,7 +73,7 @@ class SyntheticSpec:
     marker_prob: float = MISSING
     marker_size: Range = MISSING
     marker_level: Range = MISSING
-    lesion_image_prob: float = MISSING
+    lesion_views: dict[str, str] = MISSING
     lesions_per_image: tuple[int, int] = MISSING
     lesion_kind_weights: dict[str, float] = MISSING
     lesion_site: Range = MISSING
@@ -163,6 +164,11 @@ def _validate(spec: SyntheticSpec) -> None:
         problems.append(f"need 0 < min_side <= max_side, got {spec.min_side} and {spec.max_side}")
     if not math.isclose(sum(spec.studies_per_patient_probs), 1.0):
         problems.append(f"studies_per_patient_probs={spec.studies_per_patient_probs} must sum to 1")
+    if set(spec.lesion_views) != set(LESION_KINDS) or not set(spec.lesion_views.values()) <= set(LESION_VIEW_MODES):
+        problems.append(
+            f"lesion_views={dict(spec.lesion_views)} needs one of {', '.join(LESION_VIEW_MODES)} for each lesion kind "
+            f"({', '.join(LESION_KINDS)})"
+        )
     unknown = set(spec.lesion_kind_weights) - set(LESION_KINDS)
     if unknown or sum(spec.lesion_kind_weights.values()) <= 0:
         problems.append(f"lesion_kind_weights needs positive weights over {', '.join(LESION_KINDS)}")

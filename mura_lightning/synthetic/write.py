@@ -43,14 +43,18 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def write_study(plan: StudyPlan, spec: SyntheticSpec, out_dir: Path) -> tuple[list[str], list[str]]:
-    """Write one study's PNGs under `out_dir`; returns its image-path rows and lesions.csv rows."""
+    """Write one study's PNGs under `out_dir`; returns its image-path rows and lesions.csv rows: one per lesion
+    with its box, and for an abnormal study one without a box for each view that does not show the lesion."""
     (out_dir / plan.folder).mkdir(parents=True, exist_ok=True)
     image_rows, lesion_rows = [], []
-    for number, (image, lesions) in enumerate(render_study(plan, spec), start=1):
+    kind, images = render_study(plan, spec)
+    for number, (image, lesions) in enumerate(images, start=1):
         path = f"{plan.folder}image{number}.png"
         (out_dir / path).write_bytes(png_bytes(image, spec.png_compress_level))
         image_rows.append(path)
         lesion_rows.extend(",".join([path, lesion.kind, *map(str, lesion.box)]) for lesion in lesions)
+        if kind and not lesions:
+            lesion_rows.append(",".join([path, kind, *[""] * 4]))
     return image_rows, lesion_rows
 
 

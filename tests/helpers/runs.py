@@ -103,3 +103,32 @@ def read_predictions(folder: Path, level: str, stage: str = "test"):
 
     table = pd.read_csv(folder / f"predictions_{stage}.csv", dtype={"patient": str})
     return table[table["level"] == level].drop(columns="level").reset_index(drop=True)
+
+
+def ddp_results(root: Path, out: Path, ckpt_path: str, *overrides: str) -> dict:
+    """The results.json of validating and testing `ckpt_path` under trainer=ddp_cpu (2 processes) with the tiny
+    run's settings and `overrides`, written into `out`/ddp."""
+    import json
+
+    common = [o for o in tiny_run_overrides(root, out) if not o.startswith("paths.output_dir")]
+    finished = run_module(
+        "mura_lightning.train",
+        *common,
+        *overrides,
+        "train=false",
+        f"ckpt_path={ckpt_path}",
+        "trainer=ddp_cpu",
+        f"paths.output_dir={out}/ddp",
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return json.loads((out / "ddp" / "results.json").read_text())
+
+
+def assert_same_metrics(ddp: dict, results: dict, skipped: tuple[str, ...] = ("loss", "seconds")) -> None:
+    """Every val and test metric of `results` (but names ending in `skipped`) equals `ddp`'s to 1e-5."""
+    import pytest
+
+    compared = [key for key in results if key.startswith(("val/", "test/")) and not key.endswith(skipped)]
+    assert len(compared) > 100
+    for key in compared:
+        assert ddp[key] == pytest.approx(results[key], abs=1e-5, nan_ok=True), key
