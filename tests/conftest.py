@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# One torch thread per test process (read when torch is imported, so before any test module imports it; the
+# runs tests start inherit it): the suite runs in one worker per core (pytest-xdist, pyproject's addopts), and two
+# threads per process on a 32 px batch only spin against the other worker.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
 
 import pytest
 from helpers.mura_trees import standard_studies, write_tree

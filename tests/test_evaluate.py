@@ -207,6 +207,7 @@ def test_predict_each_input_kind_gives_the_evaluation_probabilities(trained, ref
         "label",
         "prob",
         "pred",
+        "weight",
         "error",
     ]
 

@@ -53,6 +53,7 @@ WRAPPERS = {"/usr/bin/time": "only measures the command's time"}
 
 # Commands run as real `python -m` subprocesses (their README text starts so), not forked from the runner.
 HEADLINE_SWEEP = "python -m mura_lightning.train -m model=densenet169,resnet50 bodypart=shoulder,wrist"
+ONE_BODY_PART = "python -m mura_lightning.train model=densenet169 bodypart=shoulder"
 SUBPROCESS = (HEADLINE_SWEEP,)
 
 
@@ -176,19 +177,30 @@ def folder_name(parent: str) -> Fill:
     return lambda ws, _: ws.newest(parent).name
 
 
+def newest_folder(parent: str) -> Fill:
+    """The newest folder in `parent`, relative to the workspace."""
+    return lambda ws, _: ws.relative(ws.newest(parent))
+
+
 def output_of(fragment: str, parent: str) -> Fill:
     """The folder in `parent` made by the README command containing `fragment`, relative to the workspace."""
     return lambda ws, _: ws.relative(ws.made_by(fragment, parent))
 
 
-def headline_job_checkpoint(number: int) -> Fill:
-    """The best checkpoint of job `number` of the README's headline sweep."""
+def headline_shoulder_checkpoint(number: int) -> Fill:
+    """The best checkpoint of the README's headline sweep's shoulder job `number` (0: DenseNet-169, 1: ResNet-50):
+    an ensemble's members must be trained on the same body parts."""
 
     def fill(ws: Workspace, _: re.Match) -> str:
-        jobs = sorted(path for path in ws.made_by(HEADLINE_SWEEP, "outputs/multirun").iterdir() if path.is_dir())
+        sweep = ws.made_by(HEADLINE_SWEEP, "outputs/multirun")
+        jobs = sorted(path for path in sweep.iterdir() if path.is_dir() and "bodypart-shoulder" in path.name)
         return ws.best_checkpoint(jobs[number])
 
     return fill
+
+
+def one_body_part_checkpoint(ws: Workspace, _: re.Match) -> str:
+    return ws.best_checkpoint(ws.made_by(ONE_BODY_PART, "outputs/train"))
 
 
 def train_run_checkpoint(ws: Workspace, _: re.Match) -> str:
@@ -196,13 +208,21 @@ def train_run_checkpoint(ws: Workspace, _: re.Match) -> str:
 
 
 ENSEMBLE_EVALUATION = "python -m mura_lightning.evaluate 'ckpt_path=[a.ckpt,b.ckpt,c.ckpt]'"
-DENSENET_EVALUATION = "python -m mura_lightning.evaluate ckpt_path=outputs/train/<run>/"
+DENSENET_CHECKPOINT = "outputs/train/<run>/checkpoints/best-epoch007.ckpt"
+DENSENET_EVALUATION = f"python -m mura_lightning.evaluate ckpt_path={DENSENET_CHECKPOINT}"
 RESNET_EVALUATION = "python -m mura_lightning.evaluate ckpt_path=FILE tta=hflip"
-SAME_STUDIES = "(tested on the shoulder valid studies, as the other compared folders)"
+SAME_STUDIES = "(the shoulder models' ensemble, tested on the shoulder studies as the other compared folders)"
 
 # Filled in this order (a later pattern sees what an earlier one filled in).
 PLACEHOLDERS = (
+    Placeholder(
+        re.escape("outputs/evaluate/<date>_<time>"), "the newest evaluate output", newest_folder("outputs/evaluate")
+    ),
+    Placeholder(
+        re.escape("outputs/compare/<date>_<time>"), "the newest compare output", newest_folder("outputs/compare")
+    ),
     Placeholder("<date>_<time>", "the newest sweep folder in outputs/multirun/", folder_name("outputs/multirun")),
+    Placeholder(re.escape(DENSENET_CHECKPOINT), f"the best checkpoint of `{ONE_BODY_PART}`", one_body_part_checkpoint),
     Placeholder("<run>", "the newest training run folder in outputs/train/", folder_name("outputs/train")),
     Placeholder(
         "outputs/evaluate/<densenet>",
@@ -229,12 +249,14 @@ PLACEHOLDERS = (
         "that run's best checkpoint",
         lambda ws, match: ws.best_checkpoint(ws.root / match["run"]),
     ),
-    Placeholder(word("FILE"), "the train run's best checkpoint", train_run_checkpoint),
+    Placeholder(word("FILE"), f"the best checkpoint of `{ONE_BODY_PART}`", one_body_part_checkpoint),
     Placeholder(
-        word("a.ckpt"), "the best checkpoint of the headline sweep's job 0 (shoulder)", headline_job_checkpoint(0)
+        word("a.ckpt"),
+        "the best checkpoint of the headline sweep's DenseNet-169 shoulder job",
+        headline_shoulder_checkpoint(0),
     ),
-    Placeholder(word("b.ckpt"), "the best checkpoint of its job 1", headline_job_checkpoint(1)),
-    Placeholder(word("c.ckpt"), "the best checkpoint of its job 2", headline_job_checkpoint(2)),
+    Placeholder(word("b.ckpt"), "the best checkpoint of its ResNet-50 shoulder job", headline_shoulder_checkpoint(1)),
+    Placeholder(word("c.ckpt"), f"the best checkpoint of `{ONE_BODY_PART}`", one_body_part_checkpoint),
     Placeholder(
         word("PATH"),
         "a study folder of the tiny tree's valid split",
@@ -268,6 +290,7 @@ TINY = {
     "mura_lightning.compare": [(ALWAYS, ["metrics.bootstrap.samples=100"])],
     "mura_lightning.summarize": [(ALWAYS, ["--bootstrap-samples", "100"])],
     "mura_lightning.export": [],
+    "mura_lightning.report": [(ALWAYS, ["reporting.gallery.max_views=2"])],
 }
 FORBIDDEN_TINY = ("hydra.sweep.dir", "hydra.run.dir", "paths.")
 

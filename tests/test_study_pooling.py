@@ -24,6 +24,7 @@ from helpers.runs import (
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import mura_lightning.callbacks.cam as cam_module
+from mura_lightning.callbacks.layout import figure_tag
 from mura_lightning.errors import MuraError
 from mura_lightning.export import export
 from mura_lightning.inference.model import InferenceModel
@@ -47,11 +48,11 @@ def pooled_run(synthetic_root, tmp_path_factory):
     """An attention-pooled DenseNet-169 trained and tested on study batches, with the CAM tiles' captions."""
     out = tmp_path_factory.mktemp("pooled")
     captions = []
-    tile = cam_module._tile
+    tile = cam_module.captioned_tile
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
             cam_module,
-            "_tile",
+            "captioned_tile",
             lambda picture, boxes, caption: captions.append(caption) or tile(picture, boxes, caption),
         )
         cam = ["callbacks.cam.num_images=4", "callbacks.cam.localisation_images=4"]
@@ -71,7 +72,7 @@ def test_a_pooled_run_scores_studies_and_views_and_shows_attention_in_its_cam_gr
     assert weighted and len(weighted) == len(captions)
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
-    assert {"val/cam", "test/cam"} <= set(events.Tags()["images"])
+    assert {figure_tag("val", "cam"), figure_tag("test", "cam")} <= set(events.Tags()["images"])
 
 
 def test_evaluate_predict_hub_and_exports_agree_on_study_probabilities(pooled_run, synthetic_root, tmp_path):

@@ -18,7 +18,7 @@ from mura_lightning.callbacks.cam import captioned_tile, load_eval_images
 from mura_lightning.data.lesions import lesion_boxes_by_path, read_lesion_boxes, scale_boxes
 from mura_lightning.errors import MuraError
 from mura_lightning.inference.device import choose_device
-from mura_lightning.inference.explain import compute_cams, overlay
+from mura_lightning.inference.explain import compute_cams, overlay, study_cams
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.reporting.figures import png_bytes_uri
 
@@ -138,10 +138,13 @@ def _pictures(
     model = InferenceModel.from_checkpoints(list(checkpoints)).to(choose_device(settings.device))
     rows = present.assign(image_id=range(len(present)))
     loaded = load_eval_images(rows, list(rows["image_id"]), model.preset)
+    studies = torch.as_tensor(pd.factorize(rows["study"])[0])
     cams = np.mean(
         [
-            compute_cams(net, layer, loaded.inputs, settings.cam_method)
-            for net, layer in zip(model.nets, model.cam_target_layers(), strict=True)
+            study_cams(net, layer, loaded.inputs, studies, settings.cam_method)
+            if net.pooling.trains_on_studies
+            else compute_cams(net, layer, loaded.inputs, settings.cam_method)
+            for net, layer in zip(model.members(), model.cam_target_layers(), strict=True)
         ],
         axis=0,
     )

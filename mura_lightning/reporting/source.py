@@ -128,8 +128,17 @@ def read_scored_run(folder: str | Path) -> ScoredRun:
         config_source=source,
         evaluation_config=resolved_config(folder) if kind == EVALUATION else None,
         datamodule=datamodule_settings(paths[0]) if paths and Path(paths[0]).is_file() else {},
-        training_overrides=read_overrides(trained_in) if trained_in else list(results.get("overrides") or []),
+        training_overrides=training_overrides(trained_in, results if kind == TRAINING_RUN else None),
     )
+
+
+def training_overrides(run_folder: Path | None, results: dict[str, Any] | None) -> list[str]:
+    """The overrides a model was trained with: those its training recorded in results.json, else its run folder's
+    .hydra/overrides.yaml; empty when neither is there."""
+    if results is None and run_folder is not None:
+        results, _ = read_results(run_folder)
+    recorded = list((results or {}).get("overrides") or [])
+    return recorded or (read_overrides(run_folder) if run_folder is not None else [])
 
 
 def trained_config(run_folder: Path | None, ckpt_path: str | None) -> tuple[dict[str, Any] | None, str]:
