@@ -272,6 +272,7 @@ UNFILLED = re.compile(r"<[^<>\s]*>|(?<![\w/.-])[A-Z][A-Z0-9_]*(?![\w/.-])|\.\.\.
 ALWAYS = ""
 SYNTHETIC = r"experiment=\S*\bdemo\b|data=synthetic"
 CROSS_VALIDATION = r"experiment=\S*\bcv\b"
+NOT_A_RESUME = r"^(?!.*\bckpt_path=)"
 TRAINING = [
     (ALWAYS, ["model.preprocessing.image_size=32", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0"]),
     (ALWAYS, ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]),
@@ -279,6 +280,8 @@ TRAINING = [
     (ALWAYS, ["data.num_workers=0", "data.persistent_workers=false", "metrics.bootstrap.samples=100"]),
     (ALWAYS, ["callbacks.cam.num_images=2", "callbacks.cam.localisation_images=2"]),
     (ALWAYS, ["data.root={tree}"]),
+    # ~30 runs of a 150 MB DenseNet-169 checkpoint pair filled 8 GB: no last.ckpt, and a best one of weights only
+    (NOT_A_RESUME, ["callbacks.last_checkpoint=null", "+callbacks.model_checkpoint.save_weights_only=true"]),
     (SYNTHETIC, [f"data.synthetic.studies_per_part={TREE_STUDIES_PER_PART}", f"data.synthetic.seed={TREE_SEED}"]),
     (CROSS_VALIDATION, ["data.num_folds=2"]),
 ]
@@ -453,6 +456,12 @@ def test_needs_and_continued_lines_are_read_from_the_readme_text():
 
 def test_a_placeholder_that_no_earlier_command_wrote_says_what_it_stands_for(tmp_path):
     message = r"<run> stands for the newest training run folder in outputs/train/, but no earlier README command"
+    with pytest.raises(LookupError, match=message):
+        fill("python -m mura_lightning.report outputs/train/<run>", Workspace(tmp_path, tmp_path))
+
+
+def test_a_checkpoint_placeholder_names_the_command_that_writes_it(tmp_path):
+    message = r"stands for the best checkpoint of `python -m mura_lightning.train model=densenet169 bodypart=shoulder`"
     with pytest.raises(LookupError, match=message):
         fill("ckpt_path=outputs/train/<run>/checkpoints/best-epoch007.ckpt", Workspace(tmp_path, tmp_path))
 
