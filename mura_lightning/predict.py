@@ -23,7 +23,7 @@ from mura_lightning.data.index import body_part_of, folder_label
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.outputs import write_submission
 from mura_lightning.inference.device import choose_device
-from mura_lightning.inference.explain import compute_cams, overlay, study_cams
+from mura_lightning.inference.explain import batch_cams, overlay
 from mura_lightning.inference.files import FilePredictions, predict_files
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.io import write_atomically
@@ -191,10 +191,7 @@ class CamWriter:
         self.image_weight = cfg.cam_image_weight
 
     def __call__(self, batch: dict, probs: torch.Tensor) -> None:
-        if self.net.pooling.trains_on_studies:
-            cams = study_cams(self.net, self.layer, batch["input"], batch["study"], self.method)
-        else:
-            cams = compute_cams(self.net, self.layer, batch["input"], self.method)
+        cams = batch_cams(self.net, self.layer, batch["input"], batch["study"], self.method)
         for cam, index in zip(cams, batch["index"].tolist(), strict=True):
             radiograph = self.radiographs[index]
             picture = Image.fromarray(overlay(read_grayscale(radiograph.file), cam, self.image_weight))
