@@ -96,15 +96,21 @@ def check_studies(radiographs: list[Radiograph], source: Path) -> None:
         )
 
 
-def predict(cfg: DictConfig) -> pd.DataFrame:
-    """Predict every radiograph of cfg.input; write predictions.csv (and CAMs, submission.csv) to cfg.output."""
-    model = InferenceModel.from_checkpoints(
+def load_model(cfg: DictConfig) -> InferenceModel:
+    """The inference model of cfg.ckpt_path with the threshold, pooling, TTA and device of cfg (predict's and
+    serve's settings), on its device."""
+    return InferenceModel.from_checkpoints(
         cfg.ckpt_path,
         threshold=cfg.threshold,
         pooling=OmegaConf.select(cfg, "model.pooling.name"),
         tta=cfg.tta,
         tta_degrees=cfg.tta_degrees,
     ).to(choose_device(cfg.device))
+
+
+def predict(cfg: DictConfig) -> pd.DataFrame:
+    """Predict every radiograph of cfg.input; write predictions.csv (and CAMs, submission.csv) to cfg.output."""
+    model = load_model(cfg)
     source = Path(cfg.input).expanduser()
     radiographs, from_csv = collect_inputs(source)
     if model.pools_studies:

@@ -9,13 +9,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mura_lightning.cli import hydra_app
 from mura_lightning.errors import exit_on_user_error
 from mura_lightning.inference.checkpoints import check_checkpoints
-from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.model import InferenceModel
+from mura_lightning.predict import load_model
 from mura_lightning.reporting.source import file_digest
 from mura_lightning.serving.settings import ServeSettings
 
@@ -26,17 +26,6 @@ def check_serve(cfg: DictConfig) -> None:
     """Refuse a missing checkpoint, or settings that would expose the model without keys, before anything loads."""
     ServeSettings.from_config(cfg.serve)
     check_checkpoints(cfg)
-
-
-def load_model(cfg: DictConfig) -> InferenceModel:
-    """The inference model of cfg.ckpt_path, as predict builds it from the same settings."""
-    return InferenceModel.from_checkpoints(
-        cfg.ckpt_path,
-        threshold=cfg.threshold,
-        pooling=OmegaConf.select(cfg, "model.pooling.name"),
-        tta=cfg.tta,
-        tta_degrees=cfg.tta_degrees,
-    ).to(choose_device(cfg.device))
 
 
 def model_info(model: InferenceModel) -> dict[str, Any]:
