@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
+import torch
 from helpers.browser import browser_page, free_port
 from helpers.dicoms import write_dicom
 from helpers.mura_trees import standard_studies, write_tree
@@ -468,3 +469,31 @@ def test_sigterm_answers_the_request_in_flight_then_exits(service):
     assert "shutting down: requests in flight were answered" in log and "Traceback" not in log
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{service.url}/healthz", timeout=2)
+
+
+def test_the_batcher_runs_whole_studies_up_to_the_batch_size_and_returns_each_its_own():
+    """MicroBatcher alone, with a model that answers each study with its first input: batches never split a study,
+    never pass max_images (but for a larger study, run alone), and every request gets its own answer."""
+    from mura_lightning.serving.batching import MicroBatcher, StudyResult
+
+    batches: list[list[int]] = []
+
+    def run(jobs):
+        batches.append([len(job.inputs) for job in jobs])
+        return [StudyResult(float(job.inputs[0, 0]), job.inputs[:, 0].numpy(), None, None, 0, 0, 0) for job in jobs]
+
+    async def send(sizes: list[int]) -> list[StudyResult]:
+        batcher = MicroBatcher(run, max_images=4, max_wait_s=0.05, max_queued=100)
+        batcher.start()
+        studies = [torch.full((size, 1), float(index)) for index, size in enumerate(sizes)]
+        results = await asyncio.gather(*(batcher.score(study, cam=False) for study in studies))
+        await batcher.stop()
+        return results
+
+    sizes = [1, 3, 2, 6, 1, 1, 2, 3, 4]
+    results = asyncio.run(send(sizes))
+    assert [result.probability for result in results] == [float(index) for index in range(len(sizes))]
+    assert [len(result.view_probs) for result in results] == sizes
+    assert sorted(size for batch in batches for size in batch) == sorted(sizes)
+    assert all(sum(batch) <= 4 or batch == [6] for batch in batches), batches
+    assert len(batches) < len(sizes)
