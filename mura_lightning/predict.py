@@ -23,7 +23,7 @@ from mura_lightning.data.index import body_part_of, folder_label
 from mura_lightning.errors import MuraError, exit_on_user_error
 from mura_lightning.evaluation.outputs import write_submission
 from mura_lightning.inference.device import choose_device
-from mura_lightning.inference.explain import compute_cams, overlay, study_cams
+from mura_lightning.inference.explain import batch_cams, overlay
 from mura_lightning.inference.files import FilePredictions, predict_files
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.io import write_atomically
@@ -96,15 +96,21 @@ def check_studies(radiographs: list[Radiograph], source: Path) -> None:
         )
 
 
-def predict(cfg: DictConfig) -> pd.DataFrame:
-    """Predict every radiograph of cfg.input; write predictions.csv (and CAMs, submission.csv) to cfg.output."""
-    model = InferenceModel.from_checkpoints(
+def load_model(cfg: DictConfig) -> InferenceModel:
+    """The inference model of cfg.ckpt_path with the threshold, pooling, TTA and device of cfg (predict's and
+    serve's settings), on its device."""
+    return InferenceModel.from_checkpoints(
         cfg.ckpt_path,
         threshold=cfg.threshold,
         pooling=OmegaConf.select(cfg, "model.pooling.name"),
         tta=cfg.tta,
         tta_degrees=cfg.tta_degrees,
     ).to(choose_device(cfg.device))
+
+
+def predict(cfg: DictConfig) -> pd.DataFrame:
+    """Predict every radiograph of cfg.input; write predictions.csv (and CAMs, submission.csv) to cfg.output."""
+    model = load_model(cfg)
     source = Path(cfg.input).expanduser()
     radiographs, from_csv = collect_inputs(source)
     if model.pools_studies:
@@ -191,10 +197,7 @@ class CamWriter:
         self.image_weight = cfg.cam_image_weight
 
     def __call__(self, batch: dict, probs: torch.Tensor) -> None:
-        if self.net.pooling.trains_on_studies:
-            cams = study_cams(self.net, self.layer, batch["input"], batch["study"], self.method)
-        else:
-            cams = compute_cams(self.net, self.layer, batch["input"], self.method)
+        cams = batch_cams(self.net, self.layer, batch["input"], batch["study"], self.method)
         for cam, index in zip(cams, batch["index"].tolist(), strict=True):
             radiograph = self.radiographs[index]
             picture = Image.fromarray(overlay(read_grayscale(radiograph.file), cam, self.image_weight))

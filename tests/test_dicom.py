@@ -7,14 +7,13 @@ import sys
 import numpy as np
 import pydicom
 import pytest
+from helpers.dicoms import write_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     MPEG2MPML,
-    ComputedRadiographyImageStorage,
-    ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     RLELossless,
     generate_uid,
@@ -24,24 +23,6 @@ from mura_lightning.data.dicom import DicomSupportMissingError, is_dicom, read_d
 from mura_lightning.data.images import ImageDecodeError, is_radiograph, read_grayscale
 
 RNG = np.random.default_rng(0)
-
-
-def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=None, compress=None, **elements):
-    """Write `pixels` as a CR DICOM file (preamble, file meta) with extra header `elements`; return the path."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = ComputedRadiographyImageStorage
-    dataset.Modality = "CR"
-    dataset.set_pixel_data(pixels, photometric, bits_stored or pixels.itemsize * 8)
-    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    for name, value in elements.items():
-        setattr(dataset, name, value)
-    if compress is not None:
-        dataset.compress(compress)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
 
 
 def window(values, center, width, low, high):

@@ -46,6 +46,7 @@ NEEDS = {
     "SLURM": "only tests/test_slurm.py submits to the one-node test cluster (tests/slurm/start.sh)",
     "real MURA": "the dataset is a download from Stanford, not on the test machine",
     "ImageNet weights": "torchvision's pretrained weights are a download; the test machine has no network",
+    "a server loop": "the service answers until stopped; tests/test_serve.py runs it as a real process on a free port",
 }
 
 # Wrappers a README command may be prefixed with, and why running it without them is the same command.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -56,18 +56,19 @@ def _refuse(path: str | Path, problem: str, advice: str) -> ImageDecodeError:
     return ImageDecodeError(f"cannot decode DICOM {path}: {problem}. {advice}")
 
 
-def _read(path: str | Path, **options: Any) -> Any:
-    """The dataset of a DICOM file (pydicom.dcmread with `options`), or an ImageDecodeError."""
+def _read(source: str | Path | BinaryIO, name: str | Path, **options: Any) -> Any:
+    """The dataset of a DICOM file or in-memory stream (pydicom.dcmread with `options`), or an ImageDecodeError
+    naming it `name`."""
     pydicom = _pydicom()
     try:
-        return pydicom.dcmread(path, **options)
-    except Exception as err:  # pydicom raises many types (InvalidDicomError, EOFError, OSError, ValueError, ...)
-        raise _refuse(path, f"not a readable DICOM file ({err})", "Replace or remove the file.") from err
+        return pydicom.dcmread(source, **options)
+    except Exception as err:  # pydicom raises many types (InvalidDicomError, EOFError, OSError, RecursionError, ...)
+        raise _refuse(name, f"not a readable DICOM file ({err})", "Replace or remove the file.") from err
 
 
 def sop_instance_uid(path: str | Path) -> str | None:
     """The SOP Instance UID of a DICOM file (header only, pixel data not read), or None when it has none."""
-    uid = _read(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).get("SOPInstanceUID")
+    uid = _read(path, path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).get("SOPInstanceUID")
     return str(uid) if uid else None
 
 
@@ -110,13 +111,15 @@ def _output_range(dataset: Any) -> tuple[float, float]:
     return float(min(low, high)), float(max(low, high))
 
 
-def read_dicom(path: str | Path) -> np.ndarray:
-    """Decode a single-frame grayscale DICOM file into an (H, W) uint8 array: modality LUT (rescale), then VOI LUT
-    or window when present, the output range mapped to 0-255, MONOCHROME1 inverted. A multi-frame, colour or
-    undecodable file raises ImageDecodeError; a missing pydicom raises DicomSupportMissingError."""
+def read_dicom(path: str | Path | BinaryIO, name: str | None = None) -> np.ndarray:
+    """Decode a single-frame grayscale DICOM file (or an in-memory stream, named `name` in messages) into an
+    (H, W) uint8 array: modality LUT (rescale), then VOI LUT or window when present, the output range mapped to
+    0-255, MONOCHROME1 inverted. A multi-frame, colour or undecodable file raises ImageDecodeError; a missing
+    pydicom raises DicomSupportMissingError."""
     pydicom = _pydicom()
-    dataset = _read(path)
-    _check_single_grayscale(dataset, path)
+    shown = name or path
+    dataset = _read(path, shown)
+    _check_single_grayscale(dataset, shown)
     pydicom_log = logging.getLogger("pydicom")
     level = pydicom_log.level
     pydicom_log.setLevel(logging.CRITICAL)  # each failing decoder plugin logs a traceback; the error below has all
@@ -131,12 +134,13 @@ def read_dicom(path: str | Path) -> np.ndarray:
                 f"Install the decoders with {INSTALL_HINT}, or convert the file to an uncompressed transfer syntax "
                 "(e.g. `gdcmconv --raw` or `dcmdjpeg`)."
             )
-        name = getattr(syntax, "name", "no transfer syntax")
-        raise _refuse(path, f"its pixel data ({name}) cannot be decoded: {' '.join(str(err).split())}", advice) from err
+        syntax_name = getattr(syntax, "name", "no transfer syntax")
+        problem = f"its pixel data ({syntax_name}) cannot be decoded: {' '.join(str(err).split())}"
+        raise _refuse(shown, problem, advice) from err
     finally:
         pydicom_log.setLevel(level)
     if values.ndim != 2:
-        raise _refuse(path, f"its pixel data has shape {values.shape}, not (rows, columns)", "Remove it.")
+        raise _refuse(shown, f"its pixel data has shape {values.shape}, not (rows, columns)", "Remove it.")
     low, high = _output_range(dataset)
     scaled = (np.asarray(values, dtype=np.float64) - low) * (255.0 / (high - low))
     gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

@@ -13,6 +13,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "tta": ["TestTimeAugmentation"],
         "aggregate": ["aggregate_studies"],
         "device": ["choose_device"],
-        "explain": ["compute_cams", "overlay", "pointing_game", "study_cams"],
+        "explain": ["batch_cams", "compute_cams", "overlay", "pointing_game", "study_cams"],
     },
 )

@@ -79,6 +79,16 @@ def study_cams(
     return np.stack(cams)
 
 
+def batch_cams(
+    network: StudyNetwork, target_layer: nn.Module, inputs: torch.Tensor, studies: torch.Tensor, method: str
+) -> np.ndarray:
+    """CAMs (N, H, W) in [0, 1] of a batch as its network explains its decisions: for a study pooling, each study's
+    logit on its views (`study_cams`, `studies` each view's study); else each image's own logit (`compute_cams`)."""
+    if network.pooling.trains_on_studies:
+        return study_cams(network, target_layer, inputs, studies, method)
+    return compute_cams(network, target_layer, inputs, method)
+
+
 def overlay(gray: np.ndarray, cam: np.ndarray, image_weight: float) -> np.ndarray:
     """An (H, W, 3) uint8 RGB picture: the (H, W) uint8 radiograph under the CAM's jet heatmap, the CAM stretched
     to the radiograph's size (bilinear) where it was computed at the model's input size."""
