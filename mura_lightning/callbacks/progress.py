@@ -2,7 +2,8 @@
 
 With stdout not a terminal (SLURM logs, `| tee`, CI) Rich's live display writes nothing until it stops, so
 `progress_bar(mode="auto")` picks `LogProgressBar` there: a line every N batches of a long epoch (loss, images/s,
-time left in the epoch) and one per epoch (mean loss, images/s, the chosen metrics, time left in the fit).
+time left in the epoch) and one per epoch (mean loss, images/s, the chosen metrics, time left in the fit), after a
+line saying how many epochs of how many batches the training is to run.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class LogProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.monotonic()
         self._epochs_done = 0
+        if self._enabled:
+            bounded = trainer.max_epochs is not None and trainer.max_epochs > 0
+            epochs = f"{trainer.max_epochs} epochs" if bounded else "no epoch limit"
+            log.info("training: %s of %s batches", epochs, _count(self.total_train_batches))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch, self._window = _Meter(), _Meter()
