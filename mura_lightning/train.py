@@ -29,6 +29,7 @@ from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
 from mura_lightning.reporting.build import ReportSettings
 from mura_lightning.reporting.write import write_report
+from mura_lightning.tracking.mlflow_run import check_tracking, log_run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
         log.info("results: %s", path)
         if cfg.get("report"):
             write_report(out, ReportSettings.from_config(cfg.reporting))
+        log_run_outputs(loggers, cfg, ckpt_path, results)
     return results
 
 
@@ -177,7 +179,7 @@ def optimized_value(results: dict[str, Any], cfg: DictConfig) -> float:
     return float(results[cfg.optimized_metric])
 
 
-@hydra_app("train")
+@hydra_app("train", check=check_tracking)
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; the value of `optimized_metric`, for sweepers."""
     route_lightning_logs()

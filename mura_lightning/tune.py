@@ -14,6 +14,7 @@ from mura_lightning.errors import MuraError
 from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.resolvers import job_overrides
 from mura_lightning.search import require_optuna
+from mura_lightning.tracking.mlflow_run import check_tracking
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def tune(cfg: DictConfig) -> dict[str, int]:
     return result
 
 
-@hydra_app("tune")
+@hydra_app("tune", check=check_tracking)
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     tune(cfg)
