@@ -10,7 +10,7 @@ import threading
 
 from helpers.runs import REPO_ROOT
 
-FIRST_EPOCH = "training: 1 epochs of 1 batches"  # the plain progress bar's line as the fit starts
+FIRST_EPOCH = "training: 1 epoch of 1 batch"  # the plain progress bar's line as the fit starts
 WARNING_LINE = re.compile(r"\.py:\d+: ")  # Python's warnings: the file and line, then the message
 NOISE = re.compile(r"warn|tip:|flops|srun|deprecat|was configured so 100%", re.IGNORECASE)
 USER_SETTING = "The number of training batches (1) is smaller than the logging interval Trainer(log_every_n_steps=10)"
