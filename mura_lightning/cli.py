@@ -1,6 +1,7 @@
 """`hydra_app`, the `hydra.main` of every entry point: before Hydra starts the job (and makes its folder), the
 command line's overrides are composed once, and one Hydra cannot apply is told in a line naming it, the close
-matches and the options (exit code 2), instead of Hydra's advice to append it with `+` or a list of search paths."""
+matches and the options (exit code 2), instead of Hydra's advice to append it with `+` or a list of search paths.
+Once the job runs, one failure contract holds for every entry point (`run_as_job`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import contextlib
 import difflib
 import functools
 import io
+import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,13 +20,18 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from mura_lightning.errors import USER_ERROR_EXIT_CODE, MuraError
+from mura_lightning.io import ERROR_FILE, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 VERSION_BASE = "1.3"
@@ -40,10 +48,12 @@ class OverrideError(MuraError):
 def hydra_app(config_name: str, check: ConfigCheck | None = None) -> Callable[[Callable[..., ReturnT]], Callable]:
     """`hydra.main` for `conf/<config_name>.yaml`, whose command line is checked first (`check_command_line`):
     a misspelt key or option, or what `check` (given the composed config, say a missing checkpoint) raises as a
-    MuraError, ends the program with the message and exit code 2, before Hydra makes the run folder."""
+    MuraError, ends the program with the message and exit code 2, before Hydra makes the run folder. The job
+    itself runs under `run_as_job`'s failure contract."""
 
     def decorate(task: Callable[..., ReturnT]) -> Callable:
-        run_hydra = hydra.main(version_base=VERSION_BASE, config_path=str(CONFIG_DIR), config_name=config_name)(task)
+        hydra_main = hydra.main(version_base=VERSION_BASE, config_path=str(CONFIG_DIR), config_name=config_name)
+        run_hydra = hydra_main(run_as_job(task, config_name))
 
         @functools.wraps(task)
         def main(cfg_passthrough: DictConfig | None = None) -> Any:
@@ -59,6 +69,48 @@ def hydra_app(config_name: str, check: ConfigCheck | None = None) -> Callable[[C
         return main
 
     return decorate
+
+
+def run_as_job(task: Callable[[DictConfig], ReturnT], name: str) -> Callable[[DictConfig], ReturnT]:
+    """The failure contract of every entry point's job (`name`: its command): a job that raises leaves its
+    traceback in `error.txt` in its output folder (written atomically; `job_folder`), then a MuraError is one
+    `error: ...` line and any other error its traceback, in the job's log. A single run then ends with exit code
+    2 (a MuraError) or 1; in a multirun the error goes on to Hydra, which marks the job failed, runs the other
+    jobs and fails the sweep."""
+
+    @functools.wraps(task)
+    def job(cfg: DictConfig) -> ReturnT:
+        try:
+            return task(cfg)
+        except Exception as err:
+            folder = job_folder(cfg)
+            if folder is not None:
+                write_text_atomic(folder / ERROR_FILE, "".join(traceback.format_exception(err)))
+            user_error = isinstance(err, MuraError)
+            if user_error:
+                log.error("error: %s", err)
+            else:
+                log.exception("%s failed", name)
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            raise SystemExit(USER_ERROR_EXIT_CODE if user_error else 1) from err
+
+    return job
+
+
+def job_folder(cfg: DictConfig) -> Path | None:
+    """Where a failed job leaves error.txt: its output folder (`paths.output_dir`, else Hydra's), or None where
+    that is the folder the command was started from (predict, export...: they write where they are told) or no
+    Hydra job runs."""
+    if not HydraConfig.initialized():
+        return None
+    runtime = HydraConfig.get().runtime
+    try:
+        folder = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    except OmegaConfBaseException:
+        folder = None
+    folder = Path(folder or runtime.output_dir).expanduser().resolve()
+    return None if folder == Path(runtime.cwd).resolve() else folder
 
 
 def check_command_line(config_name: str, argv: list[str], check: ConfigCheck | None = None) -> None:

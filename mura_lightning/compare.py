@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from mura_lightning.cli import hydra_app
-from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.bootstrap import (
     METRICS,
     OVERALL,
@@ -228,7 +228,6 @@ def compare(cfg: DictConfig) -> pd.DataFrame:
 
 
 @hydra_app("compare")
-@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     compare(cfg)

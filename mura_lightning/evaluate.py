@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mura_lightning.callbacks.metrics import figures
 from mura_lightning.cli import hydra_app
 from mura_lightning.data.index import BODY_PARTS, build_index, select_body_parts
-from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.evaluation.metrics import PredictionTable, StageMetrics
 from mura_lightning.evaluation.outputs import write_scored_test, write_submission
@@ -161,7 +161,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra_app("evaluate", check=check_checkpoints)
-@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     evaluate(cfg)

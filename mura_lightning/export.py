@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mura_lightning.cli import hydra_app
-from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.errors import MuraError
 from mura_lightning.inference.model import DEFAULT_TTA_DEGREES, InferenceModel
 from mura_lightning.io import write_atomically, write_json_atomic
 from mura_lightning.models.segments import OneStudy
@@ -243,7 +243,6 @@ def export(
 
 
 @hydra_app("export")
-@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Export cfg.ckpt_path and say where the model and its sidecar are."""
     path = export(cfg.ckpt_path, cfg.format, cfg.output, cfg.opset, cfg.batch_size, cfg.tta, cfg.tta_degrees)

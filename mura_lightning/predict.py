@@ -20,7 +20,7 @@ from mura_lightning.cli import hydra_app
 from mura_lightning.data.dicom import is_dicom, sop_instance_uid
 from mura_lightning.data.images import RADIOGRAPH_KINDS, ImageDecodeError, is_radiograph, read_grayscale
 from mura_lightning.data.index import body_part_of, folder_label
-from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.errors import MuraError
 from mura_lightning.evaluation.outputs import write_submission
 from mura_lightning.inference.device import choose_device
 from mura_lightning.inference.explain import batch_cams, overlay
@@ -206,7 +206,6 @@ class CamWriter:
 
 
 @hydra_app("predict")
-@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     predict(cfg)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.cli import hydra_app
+from mura_lightning.errors import MuraError
 from mura_lightning.reporting.build import ReportSettings
 from mura_lightning.reporting.write import write_report
 
@@ -32,8 +32,7 @@ def folder_argument(argv: list[str]) -> list[str]:
     return argv
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
-@exit_on_user_error
+@hydra_app("report")
 def app(cfg: DictConfig) -> None:
     """Hydra entry point."""
     report(cfg)

@@ -12,7 +12,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mura_lightning.cli import hydra_app
-from mura_lightning.errors import exit_on_user_error
 from mura_lightning.inference.checkpoints import check_checkpoints
 from mura_lightning.inference.model import InferenceModel
 from mura_lightning.predict import load_model
@@ -73,7 +72,6 @@ def serve(cfg: DictConfig) -> None:
 
 
 @hydra_app("serve", check=check_serve)
-@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     serve(cfg)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -26,11 +24,12 @@ from mura_lightning.evaluation.bootstrap import BootstrapSettings
 from mura_lightning.evaluation.metrics import LEVELS
 from mura_lightning.evaluation.outputs import write_predictions, write_scored_test
 from mura_lightning.evaluation.tables import print_metrics_table
-from mura_lightning.io import ERROR_FILE, RESULTS_FILE, write_json_atomic, write_text_atomic
+from mura_lightning.io import RESULTS_FILE, write_json_atomic
 from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.models.module import EVAL_STAGES, MURAClassifier
 from mura_lightning.reporting.build import ReportSettings
 from mura_lightning.reporting.write import write_report
+from mura_lightning.tracking.mlflow_run import check_tracking, log_run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +157,7 @@ def train(cfg: DictConfig, *, extra_callbacks: Sequence[Callback] = ()) -> dict[
         log.info("results: %s", path)
         if cfg.get("report"):
             write_report(out, ReportSettings.from_config(cfg.reporting))
+        log_run_outputs(loggers, cfg, ckpt_path, results)
     return results
 
 
@@ -179,20 +179,13 @@ def optimized_value(results: dict[str, Any], cfg: DictConfig) -> float:
     return float(results[cfg.optimized_metric])
 
 
-@hydra_app("train")
+@hydra_app("train", check=check_tracking)
 def main(cfg: DictConfig) -> float:
-    """Hydra entry point. A failing job leaves <run>/error.txt; in a multirun the other jobs still run."""
+    """Hydra entry point; the value of `optimized_metric`, for sweepers."""
     route_lightning_logs()
-    try:
-        with distributed_job():
-            results = train(cfg)
-        value = optimized_value(results, cfg)
-    except Exception as err:
-        write_text_atomic(Path(cfg.paths.output_dir) / ERROR_FILE, "".join(traceback.format_exception(err)))
-        if isinstance(err, MuraError) and HydraConfig.get().mode != RunMode.MULTIRUN:
-            log.error("error: %s", err)
-            raise SystemExit(2) from err
-        raise
+    with distributed_job():
+        results = train(cfg)
+    value = optimized_value(results, cfg)
     log.info(
         "%s = %.4f; TensorBoard: make tensorboard (or tensorboard --logdir %s)",
         cfg.optimized_metric,

@@ -10,10 +10,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mura_lightning.cli import hydra_app
-from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.errors import MuraError
 from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.resolvers import job_overrides
 from mura_lightning.search import require_optuna
+from mura_lightning.tracking.mlflow_run import check_tracking
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ def tune(cfg: DictConfig) -> dict[str, int]:
     return result
 
 
-@hydra_app("tune")
-@exit_on_user_error
+@hydra_app("tune", check=check_tracking)
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     tune(cfg)

@@ -158,6 +158,30 @@ def test_evaluate_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
     assert "error: cannot read checkpoint" in finished.stderr and "Traceback" not in finished.stderr
 
 
+def test_a_failing_job_of_an_evaluate_sweep_leaves_error_txt_and_the_others_finish(trained, tmp_path):
+    """The failure contract every entry point shares (cli.run_as_job): the failed job's folder holds error.txt,
+    the other job its results, and summarize reads both."""
+    from mura_lightning.summarize import summarize
+
+    missing = tmp_path / "missing.ckpt"
+    finished = run_module(
+        "mura_lightning.evaluate",
+        "-m",
+        f"ckpt_path={trained[1]['ckpt_path']},{missing}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "data.num_workers=0",
+        cwd=tmp_path,
+    )
+    assert finished.returncode != 0
+    assert f"error: ckpt_path={missing} does not exist" in finished.stderr
+    good, bad = sorted(path for path in (tmp_path / "sweep").iterdir() if path.is_dir())
+    assert json.loads((good / "results.json").read_text())["test/study/kappa"] is not None
+    assert not (bad / "results.json").exists()
+    assert f"ckpt_path={missing} does not exist" in (bad / "error.txt").read_text()
+    table = summarize(tmp_path / "sweep")["summary"]
+    assert list(table["status"]) == ["ok", "failed"]
+
+
 def run_predict(tmp_path, ckpt_path, source, *overrides):
     cfg = compose(
         "predict", [f"ckpt_path={ckpt_path}", f"input={source}", f"output={tmp_path}/pred", "num_workers=0", *overrides]

@@ -16,6 +16,7 @@ PACKAGES = [
     "mura_lightning.models",
     "mura_lightning.reporting",
     "mura_lightning.synthetic",
+    "mura_lightning.tracking",
 ]
 
 

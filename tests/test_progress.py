@@ -32,6 +32,7 @@ def test_training_with_stdout_piped_logs_plain_progress_lines(mura_root, tmp_pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
+    assert "training: 1 epoch of 5 batches" in output
     batch_lines = re.findall(
         rf"epoch 1/1 batch (\d)/5: loss \d+\.\d{{4}}, \d+\.\d img/s, {DURATION} left in the epoch", output
     )

@@ -132,9 +132,48 @@ def test_bad_fold_settings_are_errors(big_frame, num_folds, fold, message):
         assign_subsets(big_frame, 0.1, seed=0, num_folds=num_folds, fold=fold)
 
 
-def test_more_folds_than_the_smallest_stratum_has_patients_is_an_error():
-    with pytest.raises(MuraDataError, match=r"data.num_folds=4 is more than the 3 training patients of the smallest"):
-        assign_subsets(train_frame(7), 0.1, seed=0, num_folds=4, fold=0)
+def two_part_frame(wrist_patients: int, shoulder_patients: int) -> pd.DataFrame:
+    """`train_frame`'s wrist patients beside shoulder patients of one study each, labels alternating."""
+    shoulder = [
+        {"split": "train", "patient": f"q{i}", "study": f"t{i}", "body_part": "shoulder", "label": i % 2}
+        for i in range(shoulder_patients)
+    ]
+    return pd.concat([train_frame(wrist_patients), pd.DataFrame(shoulder)], ignore_index=True)
+
+
+@pytest.mark.parametrize(
+    ("frame", "num_folds", "advice"),
+    [
+        (
+            train_frame(7),
+            4,
+            [
+                "data.num_folds=4 needs 4 training patients in each body part and label, so that each fold holds "
+                "them all; wrist/1 (body part/label) has 3. What would work: data.num_folds=3 (or fewer, down to 2); "
+                "or a tree with at least 4 training patients of each label in each body part (more studies per body "
+                "part; data.synthetic.studies_per_part=N for a synthetic one)"
+            ],
+        ),
+        (
+            two_part_frame(8, 2),
+            3,
+            [
+                "shoulder/0 (body part/label) has 1. What would work: a tree with at least 3",
+                "; or fewer body parts: bodypart=[wrist] leaves out shoulder",
+            ],
+        ),
+        (two_part_frame(8, 4), 3, ["has 2. What would work: data.num_folds=2; or a tree", "leaves out shoulder"]),
+    ],
+)
+def test_more_folds_than_the_smallest_stratum_has_patients_says_what_would_work(frame, num_folds, advice):
+    """It once said "use at most 1 folds" where no K >= 2 works."""
+    with pytest.raises(MuraDataError) as raised:
+        assign_subsets(frame, 0.1, seed=0, num_folds=num_folds, fold=0)
+    for part in advice:
+        assert part in str(raised.value)
+    assert "data.num_folds=1" not in str(raised.value)
+    if len(advice) == 1:
+        assert "fewer body parts" not in str(raised.value)
 
 
 def test_class_counts_match_a_hand_count(big_frame):

@@ -1,5 +1,5 @@
 """Lightning callbacks: metric figures and tables, CAM heatmaps, TensorBoard's layout, progress for terminals and log
-files."""
+files, the model's table."""
 
 from mura_lightning._exports import lazy_exports
 
@@ -10,5 +10,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "layout": ["TensorBoardLayout", "custom_scalars_layout", "figure_tag"],
         "metrics": ["MetricsReport"],
         "progress": ["LogProgressBar", "progress_bar"],
+        "summary": ["ModelTable"],
     },
 )

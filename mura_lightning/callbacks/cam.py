@@ -111,7 +111,7 @@ class CAMCallback(Callback):
         """CAMs of the sample's images (whole studies, for a study pooling); per image, its study's probability
         (the image's own, for an image pooling) and its weight in it; and the images."""
         images = load_eval_images(datamodule.image_table(), list(sample["image_id"]), pl_module.eval_preset())
-        studies = torch.as_tensor(sample["study_id"].to_numpy())
+        studies = torch.tensor(sample["study_id"].to_numpy())  # a copy: pandas hands out a read-only array
         network, layer = pl_module.network(), pl_module.cam_target_layer()
         if pl_module.pools_studies:
             cams = study_cams(network, layer, images.inputs, studies, self.method)

@@ -2,7 +2,8 @@
 
 With stdout not a terminal (SLURM logs, `| tee`, CI) Rich's live display writes nothing until it stops, so
 `progress_bar(mode="auto")` picks `LogProgressBar` there: a line every N batches of a long epoch (loss, images/s,
-time left in the epoch) and one per epoch (mean loss, images/s, the chosen metrics, time left in the fit).
+time left in the epoch) and one per epoch (mean loss, images/s, the chosen metrics, time left in the fit), after a
+line saying how many epochs of how many batches the training is to run.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class LogProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.monotonic()
         self._epochs_done = 0
+        if self._enabled:
+            bounded = trainer.max_epochs is not None and trainer.max_epochs > 0
+            epochs = _counted(trainer.max_epochs, "epoch") if bounded else "no epoch limit"
+            log.info("training: %s of %s", epochs, _counted(self.total_train_batches, "batch"))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch, self._window = _Meter(), _Meter()
@@ -191,6 +196,12 @@ class LogProgressBar(ProgressBar):
 
 def _count(total: float) -> str:
     return str(int(total)) if math.isfinite(total) else "?"
+
+
+def _counted(total: float, noun: str) -> str:
+    """`1 epoch`, `3 epochs`, `? batches`."""
+    plural = "es" if noun.endswith(("s", "ch")) else "s"
+    return f"{_count(total)} {noun}{'' if total == 1 else plural}"
 
 
 def progress_bar(

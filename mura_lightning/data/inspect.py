@@ -11,7 +11,7 @@ from rich.table import Table
 
 from mura_lightning.cli import hydra_app
 from mura_lightning.data.index import MuraIndex, build_index, select_body_parts
-from mura_lightning.errors import MuraError, exit_on_user_error
+from mura_lightning.errors import MuraError
 
 COUNT_COLUMNS = ["patients", "studies", "images", "normal_studies", "abnormal_studies"]
 
@@ -75,7 +75,6 @@ def print_table(data: dict, console: Console) -> None:
 
 
 @hydra_app("inspect")
-@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Index data.root and print its counts per split and body part."""
     index = build_index(cfg.data.root, on_error=cfg.data.on_error)

@@ -54,14 +54,34 @@ def patient_folds(strata: pd.Series, num_folds: int, seed: int) -> pd.Series:
         raise MuraDataError(f"data.num_folds={num_folds}: cross-validation needs at least 2 folds")
     sizes = strata.value_counts()
     if num_folds > sizes.min():
-        raise MuraDataError(
-            f"data.num_folds={num_folds} is more than the {sizes.min()} training patients of the smallest stratum "
-            f"({sizes.idxmin()}, body part/label), so some fold would lack it; use at most {sizes.min()} folds"
-        )
+        raise MuraDataError(_too_few_patients(sizes, num_folds))
     rng = np.random.default_rng(seed)
     order = _shuffled_by_stratum(strata, rng)
     start = int(rng.integers(num_folds))
     return pd.Series((np.arange(len(order)) + start) % num_folds, index=order.index)
+
+
+def _too_few_patients(sizes: pd.Series, num_folds: int) -> str:
+    """Why `num_folds` folds cannot each hold every stratum (`sizes`: training patients per `part/label`
+    stratum), and what would work: a smaller K (when one of at least 2 exists), more studies per body part, or
+    leaving out the body parts with too few patients."""
+    smallest = int(sizes.min())
+    parts = sizes.groupby(sizes.index.str.split("/").str[0]).min()
+    short, enough = sorted(parts.index[parts < num_folds]), sorted(parts.index[parts >= num_folds])
+    remedies = (
+        [f"data.num_folds={smallest}" + (" (or fewer, down to 2)" if smallest > 2 else "")] if smallest >= 2 else []
+    )
+    remedies.append(
+        f"a tree with at least {num_folds} training patients of each label in each body part (more studies per "
+        "body part; data.synthetic.studies_per_part=N for a synthetic one)"
+    )
+    if enough:
+        remedies.append(f"fewer body parts: bodypart=[{','.join(enough)}] leaves out {', '.join(short)}")
+    return (
+        f"data.num_folds={num_folds} needs {num_folds} training patients in each body part and label, so that each "
+        f"fold holds them all; {sizes.idxmin()} (body part/label) has {smallest}. What would work: "
+        + "; or ".join(remedies)
+    )
 
 
 def assign_subsets(

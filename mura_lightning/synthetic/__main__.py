@@ -5,12 +5,10 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from mura_lightning.cli import hydra_app
-from mura_lightning.errors import exit_on_user_error
 from mura_lightning.synthetic.write import generate_synthetic_mura
 
 
 @hydra_app("synthetic")
-@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Generate synthetic MURA with conf/synthetic.yaml (the package's defaults) and the command line's overrides."""
     generate_synthetic_mura(**OmegaConf.to_container(cfg, resolve=True))
