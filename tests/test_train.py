@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from mura_lightning.errors import MuraError
 from mura_lightning.models.backbones import PretrainedWeightsError
-from mura_lightning.models.module import NonFiniteLossError
+from mura_lightning.models.loss_watch import NonFiniteLossError
 from mura_lightning.train import build_model, train
 
 GROUPS = [
