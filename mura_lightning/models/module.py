@@ -20,6 +20,7 @@ from mura_lightning.evaluation.calibration import calibrated_probabilities, fit_
 from mura_lightning.evaluation.metrics import PredictionTable, StageMetrics
 from mura_lightning.evaluation.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
 from mura_lightning.models.backbones import build_backbone, cam_target_layer, head_of, take_head
+from mura_lightning.models.compiled import CompiledForward
 from mura_lightning.models.loss_watch import LossWatch
 from mura_lightning.models.losses import BCELoss, MuraLoss
 from mura_lightning.models.pooling import DEFAULT_POOLING, IMAGE_POOLINGS, ViewOutputs, build_pooling
@@ -55,7 +56,8 @@ class MURAClassifier(LightningModule):
     trains on batches of whole studies (the datamodule's `study_batches`) with the loss on the study logits (class
     weights counted on studies), plus `image_loss_weight` times the same loss on the view logits, each view with its
     study's label (weights counted on images; 0 leaves it out). `compile` runs the backbone's training forward through
-    `torch.compile` and `channels_last` keeps its
+    `torch.compile` (in `compile_mode`, inductor's caches in `compile_cache_dir`; a compile that fails or outlasts
+    `compile_timeout_s` falls back to eager with a warning, see CompiledForward) and `channels_last` keeps its
     weights and inputs in NHWC layout (both for speed on GPUs; neither changes the checkpoint). `loss`,
     `optimizer` (a partial taking `params`) and `scheduler` (a partial taking `optimizer`, with `scheduler_settings`
     such as `monitor` and `interval`) are objects built from the config by Hydra. `metrics`
@@ -81,6 +83,9 @@ class MURAClassifier(LightningModule):
         pooling: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         compile: bool = False,
+        compile_mode: str = "default",
+        compile_timeout_s: float | None = None,
+        compile_cache_dir: str | None = None,
         channels_last: bool = False,
         loss: MuraLoss | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -88,7 +93,7 @@ class MURAClassifier(LightningModule):
         scheduler_settings: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler", "compile_cache_dir"], logger=False)
         self.preprocessing = Preprocessing.from_dict(preprocessing)
         self.net = build_backbone(**backbone, in_chans=self.preprocessing.in_chans)
         options = dict(pooling or {"name": DEFAULT_POOLING})
@@ -99,7 +104,8 @@ class MURAClassifier(LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self._train_forward = torch.compile(self.net.forward) if compile else self.net.forward
+        options = {"mode": compile_mode, "timeout_s": compile_timeout_s, "cache_dir": compile_cache_dir}
+        self._train_forward = CompiledForward(self.net.forward, **options) if compile else self.net.forward
         self.loss = loss if loss is not None else BCELoss()
         self.image_loss = copy.deepcopy(self.loss) if self.image_loss_weight else None
         self.optimizer_factory = optimizer
