@@ -10,7 +10,11 @@ A variant SPEC is `backbone/precision/layout[/option...]`: precision fp32 or bf1
 `fused` (Adam(fused=True)), `nobench` (cudnn.benchmark off; on otherwise), `batch=N`. The group names expand
 over --backbones: `eager` and `compiled` (fp32/bf16 x nchw/nhwc), `levers` (bf16 nhwc: nobench, fused, twice
 the batch), `max-autotune` (bf16 nhwc). Each figure is printed as `name=value` and, with --results, appended
-to that JSON-lines file as soon as it is measured, so a run cut short keeps what it measured.
+to that JSON-lines file as soon as it is measured, so a run cut short keeps what it measured. Compiled variants
+compile through the model's own option (`model.compile`, `model.compile_mode`): their first training step is
+timed apart (`compile_s/...`: that step less a timed step's time) from the throughput after warm-up; a compile that
+fails or outlasts --compile-timeout-s falls back to eager, is recorded as `compile_failed/...` and gives no
+throughput. TORCHINDUCTOR_CACHE_DIR (gpu_check.sh sets it) keeps inductor's caches between runs.
 Needs a CUDA GPU; `--device cpu` runs the same code on the CPU, to check the script at tiny sizes.
 """
 
@@ -106,34 +110,55 @@ def expand(items: list[str], backbones: list[str], batch_size: int) -> list[Vari
     return list(dict.fromkeys(variants))
 
 
-def classifier(variant: Variant, size: int) -> torch.nn.Module:
-    """The classifier of a variant: `compile` is the model's own option (what `model.compile=true` trains),
-    `max-autotune` compiles the classifier's forward in that mode."""
-    model = MURAClassifier(
+def classifier(variant: Variant, size: int, compile_timeout_s: float | None) -> MURAClassifier:
+    """The classifier of a variant, compiled (in the variant's mode) as `model.compile=true` trains it."""
+    return MURAClassifier(
         backbone={"name": variant.backbone, "pretrained": False},
         preprocessing={"image_size": size, "mean": [0.5] * 3, "std": [0.25] * 3},
-        compile=variant.compile_mode == "compile",
+        compile=variant.compile_mode is not None,
+        compile_mode="default" if variant.compile_mode in (None, "compile") else variant.compile_mode,
+        compile_timeout_s=compile_timeout_s,
         channels_last=variant.layout == "nhwc",
     )
-    return torch.compile(model, mode="max-autotune") if variant.compile_mode == "max-autotune" else model
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A variant's training speed: images/s after warm-up (None when its compile fell back to eager), the
+    seconds of its first step (the compile, for compiled variants), and why a compile fell back."""
+
+    images_per_s: float | None
+    first_step_s: float
+    fallback: str | None = None
+    peak_memory_gib: float | None = None  # on CUDA: the most the variant allocated
 
 
 def train_images_per_s(
-    variant: Variant, size: int, batch_size: int, steps: int, warmup: int, device: torch.device
-) -> float:
-    """Images/s of forward + BCE + backward + Adam on device-resident tensors, after `warmup` steps (more
-    for compiled variants)."""
+    variant: Variant,
+    size: int,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    compile_timeout_s: float | None = None,
+) -> Timing:
+    """Forward + BCE + backward + Adam on device-resident tensors: the first step timed alone, then images/s
+    over `steps` after `warmup` steps (more for compiled variants)."""
     batch_size = variant.batch_size or batch_size
     torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     images = torch.randn(batch_size, 3, size, size, device=device)
     labels = (torch.rand(batch_size, device=device) > 0.5).float()
-    model = classifier(variant, size).to(device).train()
+    model = classifier(variant, size, compile_timeout_s).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=variant.fused or None)
-    warmup = COMPILE_WARMUP_FACTOR * warmup if variant.compile_mode else warmup
-    started = 0.0
+    warmup = max(1, COMPILE_WARMUP_FACTOR * warmup if variant.compile_mode else warmup)
+    first_step_s, started = 0.0, time.perf_counter()
     for step in range(warmup + steps):
-        if step == warmup:
+        if step in (1, warmup):
             synchronize(device)
+            if step == 1:
+                first_step_s = time.perf_counter() - started
             started = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.precision == "bf16"):
             logits = model(images)
@@ -142,7 +167,10 @@ def train_images_per_s(
         loss.backward()
         optimizer.step()
     synchronize(device)
-    return steps * batch_size / (time.perf_counter() - started)
+    fallback = getattr(model._train_forward, "fallback", None)
+    speed = None if fallback else steps * batch_size / (time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return Timing(speed, first_step_s, fallback, peak)
 
 
 def pipeline_images_per_s(
@@ -209,6 +237,7 @@ def main() -> None:
     parser.add_argument("--ratio-rounds", type=int, default=3, help="Lightning runs against plain ones; 0 skips")
     parser.add_argument("--ratio-variant", default="densenet169/bf16/nhwc", help="precision and layout of it")
     parser.add_argument("--results", type=Path, help="append each figure to this JSON-lines file")
+    parser.add_argument("--compile-timeout-s", type=float, default=240.0, help="a longer first compile: eager")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a check of the script)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -219,9 +248,21 @@ def main() -> None:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (cpu)"
     print(f"gpu={card} size={args.size} batch_size={args.batch_size} steps={args.steps}", flush=True)
     for variant in variants:
-        speed = train_images_per_s(variant, args.size, args.batch_size, args.steps, args.warmup_steps, device)
-        figure(f"train_images_per_s/{variant.name}", speed)
-        figure(f"mura_epoch_s/{variant.name}", MURA_TRAIN_IMAGES / speed)
+        timing = train_images_per_s(
+            variant, args.size, args.batch_size, args.steps, args.warmup_steps, device, args.compile_timeout_s
+        )
+        figure(f"first_step_s/{variant.name}", timing.first_step_s)
+        if timing.peak_memory_gib is not None:
+            figure(f"peak_memory_gib/{variant.name}", timing.peak_memory_gib)
+        if timing.fallback:
+            print(f"{variant.name}: the compile fell back to eager ({timing.fallback}); no throughput", flush=True)
+            figure(f"compile_failed/{variant.name}", 1.0)
+        else:
+            figure(f"train_images_per_s/{variant.name}", timing.images_per_s)
+            figure(f"mura_epoch_s/{variant.name}", MURA_TRAIN_IMAGES / timing.images_per_s)
+            if variant.compile_mode:
+                steady_step_s = (variant.batch_size or args.batch_size) / timing.images_per_s
+                figure(f"compile_s/{variant.name}", max(timing.first_step_s - steady_step_s, 0.0))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     torch.backends.cudnn.benchmark = True

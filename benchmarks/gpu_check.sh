@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check of mura-lightning, prepared to run in one call whenever a GPU is lent (issue 14):
 #
-#   bash benchmarks/gpu_check.sh [--dry-run] [--stages install,data,...] OUT
+#   bash benchmarks/gpu_check.sh [--dry-run] [--stages part1|part2|install,data,...] OUT
 #
-# From the repo root. Stages, in order, each under its own time limit and all under one budget; a stage that
-# fails or runs out of time is recorded and the next one still runs:
+# From the repo root. Stages, in order, each under its own time limit; the budget is the sum of the limits of the
+# stages asked for, so each stage gets its whole limit (a GPU_CHECK_BUDGET_S below that sum is refused). A stage
+# that fails or runs out of time is recorded and the next one still runs. A lent GPU runs at most 600 s a call, so
+# the check is two calls: `--stages part1` (install, data, tests, bench_eager) and `--stages part2` (install,
+# bench_compiled, bench_autotune); all stages in one call (the default) suit a machine without that limit.
 #   install         what the machine lacks (hydra-core, omegaconf, antlr4, grad-cam, ttach, test tools), from the
 #                   wheels in gpu-wheels/ (`make gpu-wheels` fills it), without the network
 #   data            a synthetic MURA (trained at 320 px)
@@ -13,20 +16,26 @@
 #                   the Lightning / plain ratio
 #   bench_compiled  the same four variants under torch.compile (bf16 channels_last first)
 #   bench_autotune  torch.compile mode=max-autotune
+# Stages get SIGINT when their limit is reached (pytest still writes its JUnit file), SIGKILL 20 s later.
+# Inductor's FX-graph and autograd caches live in GPU_CHECK_COMPILE_CACHE (default outputs/compile_cache, kept on
+# the machine between calls), so what one stage or call compiled the next one loads.
 # Writes OUT/gpu_results.json (benchmarks/gpu_summary.py) and OUT/gpu_check.log; prints the card's name first and
 # a summary last. Exits 0 when every stage that ran passed.
 #
 # --dry-run: the same stages on the CPU at tiny sizes (nothing installed when the imports are present, nothing
 # compiled); tests/test_benchmarks.py runs it, so make test keeps this script working between GPU loans.
-# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default 450 on a GPU, 85 for --dry-run).
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default: the stages' limits added up),
+# GPU_CHECK_COMPILE_CACHE.
 set -uo pipefail
 
 usage() {
-    echo "usage: bash benchmarks/gpu_check.sh [--dry-run] [--stages install,data,tests,bench_eager,bench_compiled,bench_autotune] OUT" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [--dry-run] [--stages part1|part2|install,data,tests,bench_eager,bench_compiled,bench_autotune] OUT" >&2
     exit 2
 }
 
 ALL_STAGES="install,data,tests,bench_eager,bench_compiled,bench_autotune"
+PART1="install,data,tests,bench_eager"
+PART2="install,bench_compiled,bench_autotune"
 DRY_RUN=0
 STAGES=$ALL_STAGES
 OUT=""
@@ -42,6 +51,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$OUT" ] || usage
+case "$STAGES" in
+    part1) STAGES=$PART1 ;;
+    part2) STAGES=$PART2 ;;
+esac
 for stage in ${STAGES//,/ }; do
     case ",$ALL_STAGES," in
         *",$stage,"*) ;;
@@ -63,36 +76,50 @@ trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$REPO:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
+# Each stage's time limit in seconds: on a GPU part1 and part2 each fit one 600 s call with the machine's start.
+declare -A LIMIT_S
 if [ "$DRY_RUN" = 1 ]; then
-    BUDGET_S=${GPU_CHECK_BUDGET_S:-85}
+    LIMIT_S=([install]=60 [data]=120 [tests]=420 [bench_eager]=240 [bench_compiled]=0 [bench_autotune]=0)
     STUDIES_PER_PART=6
     export MURA_GPU_TEST_DEVICE=cpu
     BENCH_COMMON=(--device cpu --size 32 --batch-size 2 --steps 1 --warmup-steps 1 --backbones resnet50)
-    EAGER_ARGS=(--variants resnet50/bf16/nhwc resnet50/fp32/nchw/fused/nobench --workers 0 --pipeline-images 8
-        --ratio-rounds 1 --ratio-variant resnet50/fp32/nchw)
+    # the compiled variant cannot compile in 0.05 s: it checks that a compile cut short falls back to eager
+    EAGER_ARGS=(--variants resnet50/bf16/nhwc resnet50/fp32/nchw/fused/nobench resnet50/fp32/nchw/compile
+        --compile-timeout-s 0.05 --workers 0 --pipeline-images 8 --ratio-rounds 1 --ratio-variant resnet50/fp32/nchw)
 else
-    BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
+    LIMIT_S=([install]=30 [data]=30 [tests]=240 [bench_eager]=150 [bench_compiled]=240 [bench_autotune]=120)
     STUDIES_PER_PART=100
     export MURA_GPU_TEST_DEVICE=cuda
     BENCH_COMMON=(--device cuda)
     # The first loan (H200, 2026-11-27) measured the eager grid; bf16 NHWC stays as the reference of the levers.
-    EAGER_ARGS=(--variants densenet169/bf16/nhwc resnet50/bf16/nhwc levers --workers 8 16 --ratio-rounds 3)
+    EAGER_ARGS=(--variants densenet169/bf16/nhwc resnet50/bf16/nhwc levers --workers 8 16 --ratio-rounds 1)
+fi
+NEEDED_S=0
+for stage in ${STAGES//,/ }; do
+    NEEDED_S=$((NEEDED_S + LIMIT_S[$stage]))
+done
+BUDGET_S=${GPU_CHECK_BUDGET_S:-$((NEEDED_S + 15))}  # 15 s: the card's name and the summary
+if [ "$BUDGET_S" -lt "$NEEDED_S" ]; then
+    echo "gpu_check.sh: the stages $STAGES need ${NEEDED_S} s (their limits added up), more than GPU_CHECK_BUDGET_S=${BUDGET_S}: ask for fewer stages (--stages part1, then --stages part2) or a larger budget" >&2
+    exit 2
 fi
 DATA="$WORK/data"
-export MURA_GPU_TEST_DATA="$DATA"
+PIPELINE_ROOT=()  # the data stage's tree, once it is written
+export TORCHINDUCTOR_CACHE_DIR=${GPU_CHECK_COMPILE_CACHE:-$REPO/outputs/compile_cache}
+mkdir -p "$TORCHINDUCTOR_CACHE_DIR" || exit 2
 
 log() { echo "$*" | tee -a "$LOG"; }
 
-# run_stage NAME LIMIT_S COMMAND...: runs it with its output in the log, under min(LIMIT_S, what the budget has
-# left), and records status, exit code and seconds in stages.tsv.
+# run_stage NAME COMMAND...: runs it with its output in the log, under min(its limit, what the budget has left),
+# records status, exit code and seconds in stages.tsv, and returns 0 when it passed.
 run_stage() {
-    local name=$1 limit=$2
-    shift 2
+    local name=$1 limit=${LIMIT_S[$1]}
+    shift
     local left=$((BUDGET_S - SECONDS - 5))
     if [ "$left" -lt 10 ]; then
         log "== $name: skipped, the ${BUDGET_S} s budget is spent"
         printf '%s\tskipped (budget spent)\t0\t0\n' "$name" >>"$WORK/stages.tsv"
-        return
+        return 1
     fi
     [ "$limit" -le "$left" ] || limit=$left
     log "== $name (limit ${limit} s): $*"
@@ -100,7 +127,7 @@ run_stage() {
     if declare -F "$1" >/dev/null; then  # a function of this script, exported: timeout runs programs only
         set -- bash -c '"$@"' _ "$@"
     fi
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$WORK/$name.log" >>"$LOG"
+    timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee "$WORK/$name.log" >>"$LOG"
     local code=${PIPESTATUS[0]}
     local status=ok
     case "$code" in
@@ -110,6 +137,7 @@ run_stage() {
     esac
     log "== $name: $status in $((SECONDS - started)) s"
     printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$code" "$((SECONDS - started))" >>"$WORK/stages.tsv"
+    [ "$status" = ok ]
 }
 
 skip_stage() {
@@ -185,25 +213,29 @@ export -f install_missing
 export PYTHON WHEELS WORK
 BENCH=("$PYTHON" benchmarks/gpu.py "${BENCH_COMMON[@]}" --results "$WORK/figures.jsonl")
 
-wanted install && run_stage install 60 install_missing
-# difficulty=0: every part's lesions plain; the checks judge the GPU path, not how subtle a lesion it can learn
-wanted data && run_stage data 60 "$PYTHON" -m mura_lightning.synthetic root="$DATA" \
-    studies_per_part=$STUDIES_PER_PART seed=0 difficulty=0
-wanted tests && run_stage tests 240 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -v -rfE -p no:cacheprovider \
+wanted install && run_stage install install_missing
+# difficulty=0: every part's lesions plain; the checks judge the GPU path, not how subtle a lesion it can learn.
+# The tests use this tree only when it was written (otherwise they write their own).
+if wanted data && run_stage data "$PYTHON" -m mura_lightning.synthetic root="$DATA" \
+    studies_per_part=$STUDIES_PER_PART seed=0 difficulty=0; then
+    export MURA_GPU_TEST_DATA="$DATA"
+    PIPELINE_ROOT=(--pipeline-root "$DATA/MURA-v1.1")
+fi
+wanted tests && run_stage tests "$PYTHON" -m pytest tests/test_gpu.py -m gpu -v -rfE -p no:cacheprovider \
     --junitxml="$WORK/junit.xml"
-wanted bench_eager && run_stage bench_eager 180 "${BENCH[@]}" "${EAGER_ARGS[@]}" --pipeline-root "$DATA/MURA-v1.1"
+wanted bench_eager && run_stage bench_eager "${BENCH[@]}" "${EAGER_ARGS[@]}" "${PIPELINE_ROOT[@]}"
 if [ "$DRY_RUN" = 1 ]; then
     wanted bench_compiled && skip_stage bench_compiled "dry run: compiling takes minutes on a CPU"
     wanted bench_autotune && skip_stage bench_autotune "dry run: compiling takes minutes on a CPU"
 else
     # Compiling DenseNet-169 outlasted 187 s on the first loan: ResNet-50 first, so a stage cut short keeps it.
-    wanted bench_compiled && run_stage bench_compiled 240 "${BENCH[@]}" --variants resnet50/bf16/nhwc/compile \
+    wanted bench_compiled && run_stage bench_compiled "${BENCH[@]}" --variants resnet50/bf16/nhwc/compile \
         densenet169/bf16/nhwc/compile --workers --ratio-rounds 0
-    wanted bench_autotune && run_stage bench_autotune 180 "${BENCH[@]}" --variants resnet50/bf16/nhwc/max-autotune \
+    wanted bench_autotune && run_stage bench_autotune "${BENCH[@]}" --variants resnet50/bf16/nhwc/max-autotune \
         --workers --ratio-rounds 0
 fi
 
-summary_args=(--work "$WORK" --out "$OUT" --wall-s "$SECONDS")
+summary_args=(--work "$WORK" --out "$OUT" --wall-s "$SECONDS" --tests-file tests/test_gpu.py)
 [ "$DRY_RUN" = 1 ] && summary_args+=(--dry-run)
 "$PYTHON" benchmarks/gpu_summary.py "${summary_args[@]}" 2>&1 | tee -a "$LOG"
 cp "$WORK/junit.xml" "$OUT/gpu_tests_junit.xml" 2>/dev/null

@@ -1,11 +1,13 @@
 """Collects one run of benchmarks/gpu_check.sh into OUT/gpu_results.json: the machine, each stage's outcome, the
 test results, the figures and the goals they are held to; and prints the same in short.
 
-python benchmarks/gpu_summary.py --work WORK --out OUT [--dry-run] [--wall-s SECONDS]
+python benchmarks/gpu_summary.py --work WORK --out OUT [--dry-run] [--wall-s SECONDS] [--tests-file FILE]
 
 Standard library only, so that it runs even where the package or its dependencies could not be installed.
 WORK holds what the stages left: env.json, stages.tsv (stage, status, rc, seconds), figures.jsonl (one
-{name: value} per line, from gpu.py --results), junit.xml and tests.log (from pytest).
+{name: value} per line, from gpu.py --results), junit.xml and tests.log (from pytest). With --tests-file (the
+checks' source, tests/test_gpu.py), every check `test_<letter>_...` it defines gets an outcome, "not run" when
+pytest was stopped before reaching it or never started.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ TRAINING_GOALS = {"densenet169": 1500.0, "resnet50": 2500.0}
 LOADER_OVER_MODEL_GOAL = 2.0
 LIGHTNING_OVER_PLAIN_GOAL = 0.95
 TEST_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
+CHECK_DEFINITION = re.compile(r"^def (test_([a-z])_\w+)\(", re.MULTILINE)
+OUTCOME_ORDER = ("error", "failed", "not run", "skipped", "xfail", "xpass", "passed")  # a check's worst case wins
 
 
 def read_stages(path: Path) -> dict[str, dict]:
@@ -69,6 +73,21 @@ def read_tests(junit: Path, log: Path) -> dict[str, dict]:
     return outcomes
 
 
+def read_checks(tests_file: Path | None, tests: dict[str, dict]) -> dict[str, dict]:
+    """Check letter -> its test function and outcome (the worst of its cases; "not run" when none ran), for
+    every check `tests_file` defines."""
+    if tests_file is None or not tests_file.exists():
+        return {}
+    checks = {}
+    for function, letter in CHECK_DEFINITION.findall(tests_file.read_text()):
+        cases = [outcome for name, outcome in tests.items() if re.search(rf"::{function}(\[|$)", name)]
+        outcomes = [case["outcome"] for case in cases] or ["not run"]
+        worst = min(outcomes, key=lambda outcome: OUTCOME_ORDER.index(outcome) if outcome in OUTCOME_ORDER else 0)
+        messages = [case["message"] for case in cases if case.get("message")]
+        checks[letter] = {"test": function, "outcome": worst, **({"message": messages[0]} if messages else {})}
+    return checks
+
+
 def best(figures: dict[str, float], prefix: str) -> tuple[str, float] | None:
     """The highest figure whose name starts with `prefix`, with its name."""
     found = [(name, value) for name, value in figures.items() if name.startswith(prefix)]
@@ -111,7 +130,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(temporary, path)
 
 
-def summarise(work: Path, dry_run: bool, wall_s: float | None) -> dict:
+def summarise(work: Path, dry_run: bool, wall_s: float | None, tests_file: Path | None = None) -> dict:
     """Everything one run left in `work`, as one dictionary."""
     environment = json.loads((work / "env.json").read_text()) if (work / "env.json").exists() else {}
     stages = read_stages(work / "stages.tsv")
@@ -129,6 +148,7 @@ def summarise(work: Path, dry_run: bool, wall_s: float | None) -> dict:
         "stages": stages,
         "test_counts": counts,
         "tests": tests,
+        "checks": read_checks(tests_file, tests),
         "figures": figures,
         "goals": goals(figures, judged=not dry_run),
     }
@@ -139,6 +159,8 @@ def report(results: dict) -> str:
     lines = [f"card: {results['card']}  dry run: {results['dry_run']}  ok: {results['ok']}"]
     lines += [f"stage {name}: {s['status']} ({s['seconds']} s)" for name, s in results["stages"].items()]
     lines.append(f"tests: {results['test_counts']}")
+    for letter, check in results["checks"].items():
+        lines.append(f"check ({letter}) {check['test']}: {check['outcome']}")
     for name, outcome in results["tests"].items():
         if outcome["outcome"] in ("failed", "error"):
             lines.append(f"  {outcome['outcome']}: {name}: {outcome.get('message', '')[:300]}")
@@ -155,8 +177,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--wall-s", type=float)
+    parser.add_argument("--tests-file", type=Path, help="the checks' source: each check gets an outcome")
     args = parser.parse_args()
-    results = summarise(args.work, args.dry_run, args.wall_s)
+    results = summarise(args.work, args.dry_run, args.wall_s, args.tests_file)
     write_json_atomic(args.out / RESULTS_FILE, results)
     print(report(results))
 

@@ -97,6 +97,7 @@ class MURADataModule(LightningDataModule):
         self.index: MuraIndex | None = None
         self.frame: pd.DataFrame | None = None
         self.datasets: dict[str, MuraImageDataset] = {}
+        self._augment_generator: torch.Generator | None = None
 
     def prepare_data(self) -> None:
         """Build the image cache when asked for (runs on one process only, before `setup` on all)."""
@@ -206,15 +207,36 @@ class MURADataModule(LightningDataModule):
         return WeightedRandomSampler(1.0 / per_class[labels], num_samples=len(dataset), generator=generator)
 
     def on_after_batch_transfer(self, batch: dict | None, dataloader_idx: int) -> dict | None:
-        """With gpu_augment: flip and rotate training batches, normalise every batch, on the device."""
-        if not self.gpu_augment or batch is None:
+        """With gpu_augment: flip and rotate training batches, normalise every batch, on the device. In training
+        under DDP, a batch some rank lacks is None on every rank (see `missing_on_some_rank`)."""
+        if self.missing_on_some_rank(batch):
+            return None
+        if not self.gpu_augment:
             return batch
         return self.device_transform(batch, train=self.trainer is not None and self.trainer.training)
 
+    def missing_on_some_rank(self, batch: dict | None) -> bool:
+        """Whether this training step has no batch on some DDP rank (every image of it unreadable, on_error=skip):
+        Lightning skips a None batch, so every rank must skip that step together, or the others would wait in the
+        gradients' all-reduce. One collective per step, only under DDP with on_error=skip."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training or self.on_error != "skip" or trainer.world_size < 2:
+            return batch is None
+        return trainer.strategy.reduce_boolean_decision(batch is None, all=False)
+
     def device_transform(self, batch: dict, train: bool) -> dict:
-        """A uint8 batch (gpu_augment) normalised on its device, and first flipped and rotated when `train`."""
-        images = self.batch_augment(batch["image"]) if train else batch["image"]
+        """A uint8 batch (gpu_augment) normalised on its device, and first flipped and rotated when `train`, with
+        this process's draws (`augment_generator`)."""
+        images = self.batch_augment(batch["image"], self.augment_generator()) if train else batch["image"]
         return {**batch, "image": self.eval_preset.normalize(images)}
+
+    def augment_generator(self) -> torch.Generator:
+        """The generator of the batch augmentation's draws, seeded with `seed` + the DDP rank (made on first use),
+        so that every rank flips and rotates its batches differently and a run repeats its draws."""
+        if self._augment_generator is None:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._augment_generator = torch.Generator().manual_seed(self.seed + rank)
+        return self._augment_generator
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

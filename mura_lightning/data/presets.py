@@ -97,13 +97,17 @@ class BatchAugment:
         self.hflip_prob = hflip_prob
         self.rotation_range = (low, high)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """The augmented batch; angles and flips are drawn from the CPU's random generator, so a seed gives the
-        same draws on any device."""
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The augmented batch; angles and flips are drawn on the CPU (from `generator`, or the global one), so a
+        seed gives the same draws on any device, and reach the device in one non-blocking copy."""
         count = len(images)
-        angles = torch.empty(count).uniform_(*self.rotation_range).to(images.device)
-        flips = (torch.rand(count) < self.hflip_prob).to(images.device)
-        return rotate_and_flip(images, angles, flips)
+        draws = torch.rand(2, count, generator=generator)
+        low, high = self.rotation_range
+        draws[0].mul_(high - low).add_(low)
+        draws[1] = (draws[1] < self.hflip_prob).float()
+        if images.is_cuda:
+            draws = draws.pin_memory().to(images.device, non_blocking=True)
+        return rotate_and_flip(images, draws[0], draws[1] > 0.5)
 
 
 def rotate_and_flip(images: torch.Tensor, degrees: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@ and focal loss."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 import torch
 from torch import nn
@@ -22,6 +24,10 @@ class MuraLoss(nn.Module):
     def set_class_counts(self, counts: pd.DataFrame, unit: str = "images") -> None:
         """Receive the training class counts per body part (see `class_counts`), counted in `unit` (images or
         studies: what the loss is taken on); unused unless overridden."""
+
+    def check_body_parts(self, body_parts: Sequence[str]) -> None:
+        """Raise a MuraError when the loss cannot score some of `body_parts` (the module calls it once in setup, so
+        that batches on a device need no check that waits for it); nothing unless overridden."""
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, body_parts: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -62,15 +68,26 @@ class WeightedBCELoss(MuraLoss):
             )
         self.weights.copy_(weights)
 
+    def check_body_parts(self, body_parts: Sequence[str]) -> None:
+        """Raise a MuraError naming the parts of `body_parts` without training counts."""
+        counted = torch.isfinite(self.weights.cpu()).all(dim=1)
+        self._refuse([part for part in body_parts if not counted[BODY_PARTS.index(part)]])
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, body_parts: torch.Tensor) -> torch.Tensor:
+        """The weighted mean; on the CPU each batch's body parts are checked too (on a device, `check_body_parts`
+        in setup does it without waiting for the device)."""
         per_image = self.weights[body_parts, labels.long()]
-        if torch.isnan(per_image).any():
-            missing = sorted({BODY_PARTS[i] for i in body_parts[torch.isnan(per_image)].tolist()})
+        if per_image.device.type == "cpu" and torch.isnan(per_image).any():
+            self._refuse(sorted({BODY_PARTS[i] for i in body_parts[torch.isnan(per_image)].tolist()}))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), weight=per_image)
+
+    @staticmethod
+    def _refuse(missing: list[str]) -> None:
+        if missing:
             raise MuraError(
                 f"weighted_bce has no training counts for {', '.join(missing)}: set_class_counts must see every "
                 "body part it is used on (the module does this in setup from the datamodule's class_counts)"
             )
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), weight=per_image)
 
 
 class FocalLoss(MuraLoss):

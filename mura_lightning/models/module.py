@@ -20,6 +20,8 @@ from mura_lightning.evaluation.calibration import calibrated_probabilities, fit_
 from mura_lightning.evaluation.metrics import PredictionTable, StageMetrics
 from mura_lightning.evaluation.thresholds import MetricSettings, tune_threshold, tune_thresholds_per_part
 from mura_lightning.models.backbones import build_backbone, cam_target_layer, head_of, take_head
+from mura_lightning.models.compiled import CompiledForward
+from mura_lightning.models.loss_watch import LossWatch
 from mura_lightning.models.losses import BCELoss, MuraLoss
 from mura_lightning.models.pooling import DEFAULT_POOLING, IMAGE_POOLINGS, ViewOutputs, build_pooling
 from mura_lightning.models.segments import Segments
@@ -28,10 +30,6 @@ from mura_lightning.models.study_network import StudyNetwork, view_outputs
 log = logging.getLogger(__name__)
 
 EVAL_STAGES = ("val", "test")
-
-
-class NonFiniteLossError(MuraError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -57,10 +55,12 @@ class MURAClassifier(LightningModule):
     on images, each with its study's label, and scores studies from the image probabilities; a study pooling
     trains on batches of whole studies (the datamodule's `study_batches`) with the loss on the study logits (class
     weights counted on studies), plus `image_loss_weight` times the same loss on the view logits, each view with its
-    study's label (weights counted on images; 0 leaves it out). `compile` runs the backbone through `torch.compile`
-    and `channels_last` keeps its weights and inputs in NHWC layout (both for speed on GPUs; neither changes the
-    checkpoint). `loss`, `optimizer` (a partial taking `params`) and `scheduler` (a partial taking `optimizer`, with
-    `scheduler_settings` such as `monitor` and `interval`) are objects built from the config by Hydra. `metrics`
+    study's label (weights counted on images; 0 leaves it out). `compile` runs the backbone's training forward through
+    `torch.compile` (in `compile_mode`, inductor's caches in `compile_cache_dir`; a compile that fails or outlasts
+    `compile_timeout_s` falls back to eager with a warning, see CompiledForward) and `channels_last` keeps its
+    weights and inputs in NHWC layout (both for speed on GPUs; neither changes the checkpoint). `loss`,
+    `optimizer` (a partial taking `params`) and `scheduler` (a partial taking `optimizer`, with `scheduler_settings`
+    such as `monitor` and `interval`) are objects built from the config by Hydra. `metrics`
     holds MetricSettings: with `tune_threshold`, each validation picks a threshold on its predictions; it is kept in
     the `tuned_threshold` buffer (so checkpoints carry the threshold of their epoch) and applied to test. With
     `threshold_per_body_part`, it also picks one per body part (the `tuned_thresholds` buffer, one per BODY_PARTS
@@ -83,6 +83,9 @@ class MURAClassifier(LightningModule):
         pooling: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         compile: bool = False,
+        compile_mode: str = "default",
+        compile_timeout_s: float | None = None,
+        compile_cache_dir: str | None = None,
         channels_last: bool = False,
         loss: MuraLoss | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -90,7 +93,7 @@ class MURAClassifier(LightningModule):
         scheduler_settings: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler", "compile_cache_dir"], logger=False)
         self.preprocessing = Preprocessing.from_dict(preprocessing)
         self.net = build_backbone(**backbone, in_chans=self.preprocessing.in_chans)
         options = dict(pooling or {"name": DEFAULT_POOLING})
@@ -101,7 +104,8 @@ class MURAClassifier(LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self._net_forward = torch.compile(self.net.forward) if compile else self.net.forward
+        options = {"mode": compile_mode, "timeout_s": compile_timeout_s, "cache_dir": compile_cache_dir}
+        self._train_forward = CompiledForward(self.net.forward, **options) if compile else self.net.forward
         self.loss = loss if loss is not None else BCELoss()
         self.image_loss = copy.deepcopy(self.loss) if self.image_loss_weight else None
         self.optimizer_factory = optimizer
@@ -114,6 +118,7 @@ class MURAClassifier(LightningModule):
         self.stage_metrics = nn.ModuleDict({stage: StageMetrics() for stage in EVAL_STAGES})
         self.last_predictions: dict[str, dict[str, PredictionTable]] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
+        self.loss_watch = LossWatch()
 
     def eval_preset(self) -> EvalPreset:
         """The preprocessing this model was trained with, without augmentation: uint8 radiograph -> input."""
@@ -138,10 +143,12 @@ class MURAClassifier(LightningModule):
         return self.pooling.trains_on_studies
 
     def view_outputs(self, images: torch.Tensor) -> ViewOutputs:
-        """Each view's logit (N,), and its embedding when the pooling pools embeddings."""
+        """Each view's logit (N,), and its embedding when the pooling pools embeddings. Only training runs the
+        compiled backbone (`compile`): evaluation, inference and CAMs run it eagerly, so it compiles once."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return view_outputs(self._net_forward(images), self.head)
+        training = self.training and torch.is_grad_enabled()
+        return view_outputs((self._train_forward if training else self.net.forward)(images), self.head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """One logit per image, shape (N,): for study poolings, the logit of the view as a study of its own."""
@@ -188,6 +195,10 @@ class MURAClassifier(LightningModule):
             self.loss.set_class_counts(counts, "studies" if self.pools_studies else "images")
             if self.image_loss is not None:
                 self.image_loss.set_class_counts(counts, "images")
+        if datamodule is not None and hasattr(datamodule, "body_parts"):
+            for loss in (self.loss, self.image_loss):
+                if loss is not None:
+                    loss.check_body_parts(datamodule.body_parts)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """The batch's loss and how many rows (images, or studies) it averaged."""
@@ -197,17 +208,20 @@ class MURAClassifier(LightningModule):
         logits = self(batch["image"])
         return self.loss(logits, batch["label"], batch["body_part"]), len(logits)
 
-    def training_step(self, batch: dict[str, torch.Tensor] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:
-            return None
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The batch's loss. A non-finite loss raises NonFiniteLossError on every rank, one step later (see
+        LossWatch), and always before the validation that would save a checkpoint."""
+        self.loss_watch.raise_if_bad()
         loss, rows = self._loss(batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
-                f"(batch {batch_idx}). Lower optimizer.lr, try trainer.precision=32, or check the data."
-            )
+        self.loss_watch.queue(loss, self.current_epoch, self.global_step, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=rows)
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.loss_watch.raise_if_bad()
+
+    def on_train_end(self) -> None:
+        self.loss_watch.raise_if_bad()
 
     def _eval_step(self, batch: dict[str, torch.Tensor] | None, stage: str) -> None:
         if batch is None:
