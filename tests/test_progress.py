@@ -11,7 +11,7 @@ from helpers.runs import compose, run_module, tiny_run_overrides
 from lightning.pytorch.callbacks import RichProgressBar
 
 from mura_lightning import progress as progress_module
-from mura_lightning.callbacks.progress import LogProgressBar, batch_length, progress_bar
+from mura_lightning.callbacks.progress import LogProgressBar, _counted, batch_length, progress_bar
 from mura_lightning.config import instantiate
 from mura_lightning.data.cache import build_cache
 from mura_lightning.errors import MuraError
@@ -138,3 +138,8 @@ def test_the_image_cache_build_logs_plain_progress(mura_root, tmp_path, caplog):
         rf"caching {len(paths)} images at 32 px: {len(paths)}/{len(paths)} \(100%\) in {DURATION} \(.+ images/s\)",
         caplog.messages[-1],
     )
+
+
+def test_the_fit_line_counts_in_english():
+    counts = [_counted(1, "epoch", "epochs"), _counted(6, "epoch", "epochs"), _counted(45, "batch", "batches")]
+    assert counts == ["1 epoch", "6 epochs", "45 batches"]

@@ -99,8 +99,8 @@ class LogProgressBar(ProgressBar):
         self._epochs_done = 0
         if self._enabled:
             bounded = trainer.max_epochs is not None and trainer.max_epochs > 0
-            epochs = _counted(trainer.max_epochs, "epoch") if bounded else "no epoch limit"
-            log.info("training: %s of %s", epochs, _counted(self.total_train_batches, "batch"))
+            epochs = _counted(trainer.max_epochs, "epoch", "epochs") if bounded else "no epoch limit"
+            log.info("training: %s of %s", epochs, _counted(self.total_train_batches, "batch", "batches"))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch, self._window = _Meter(), _Meter()
@@ -198,10 +198,9 @@ def _count(total: float) -> str:
     return str(int(total)) if math.isfinite(total) else "?"
 
 
-def _counted(total: float, noun: str) -> str:
+def _counted(total: float, noun: str, plural: str) -> str:
     """`1 epoch`, `3 epochs`, `? batches`."""
-    plural = "es" if noun.endswith(("s", "ch")) else "s"
-    return f"{_count(total)} {noun}{'' if total == 1 else plural}"
+    return f"{_count(total)} {noun if total == 1 else plural}"
 
 
 def progress_bar(
