@@ -7,40 +7,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from helpers.mura_trees import standard_studies, write_tree
 from helpers.runs import run_module, tiny_run_overrides
+from helpers.servers import free_port, wait_until_answering
 
 SERVER_START_TIMEOUT_S = 300  # about 15 s on an idle 2-core machine; much more under a full test run
 MODEL_NAME = "mura-densenet169"
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (closed again at once)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(uri: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"mlflow server did not answer within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +35,7 @@ def mlflow_server(tmp_path_factory):
     with log.open("w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until_healthy(uri, server, log)
+        wait_until_answering(f"{uri}/health", server, log, SERVER_START_TIMEOUT_S)
         yield uri
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # its store is thrown away: no need to wait for a clean shutdown

@@ -25,10 +25,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers.browser import browser_page, free_port
+from helpers.browser import browser_page
 from helpers.dicoms import write_dicom
 from helpers.mura_trees import standard_studies, write_tree
 from helpers.runs import compose, compose_run, run_predict
+from helpers.servers import free_port, wait_until_answering
 from PIL import Image
 
 from mura_lightning.errors import MuraError
@@ -74,7 +75,7 @@ def service(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         table = run_predict(tmp / "predicted", ckpt, root / "valid", "cam=true")
-        wait_until_ready(url, server, log_path)
+        wait_until_answering(f"{url}/readyz", server, log_path, START_S)
         yield SimpleNamespace(
             url=url,
             ckpt=Path(ckpt),
@@ -97,21 +98,6 @@ def write_mixed_study(folder: Path) -> None:
     Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "wide.png")
     Image.fromarray(gray).convert("P").save(folder / "palette.png")
     write_dicom(folder / "view.dcm", gray, BodyPartExamined="WRIST")
-
-
-def wait_until_ready(url: str, server: subprocess.Popen, log_path: Path) -> None:
-    """Poll /readyz until it answers 200 (at most START_S seconds, and not after the process ended)."""
-    deadline = time.monotonic() + START_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"the server exited with {server.returncode}: {log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"the server did not get ready in {START_S} s: {log_path.read_text()[-3000:]}")
 
 
 def studies_of(table) -> dict[str, tuple[list[Path], float, dict[str, float]]]:

@@ -17,6 +17,8 @@ from typing import NoReturn
 
 import pytest
 
+from helpers.servers import free_port
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 CHROMIUM_FLAGS = [  # no network beyond what the page asks for, no first-run or update traffic, no GPU
     "--headless",
@@ -83,13 +85,6 @@ def browser_page(tmp_path: Path, width: int = 1200, height: int = 900) -> Iterat
             yield page, log
         finally:
             context.close()
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
