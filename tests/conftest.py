@@ -13,6 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest
 from helpers.mura_trees import standard_studies, write_tree
+from helpers.slurm import START_CLUSTER, cluster_answer
 
 
 @pytest.fixture
@@ -25,3 +26,11 @@ def studies():
 def mura_root(tmp_path, studies) -> Path:
     """A small MURA-v1.1 tree with its four official CSVs."""
     return write_tree(tmp_path, studies)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """Skip unless a SLURM cluster answers (the test cluster: tests/slurm/start.sh)."""
+    reason = cluster_answer()
+    if reason:
+        pytest.skip(f"no SLURM cluster: {reason}; start the test cluster with `{START_CLUSTER}`")

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.runs import REPO_ROOT, compose, run_module, tiny_run_overrides
+from helpers.runs import REPO_ROOT, compose, run_module
+from helpers.slurm import (
+    START_CLUSTER,
+    SWEEP_TIMEOUT_S,
+    cluster_answer,
+    job_folders,
+    slurm_sweep_args,
+    sweep_folder,
+)
 
 from mura_lightning.cluster.slurm import JOB_FILE, hpc_checkpoint_path, requeue_signal
 from mura_lightning.errors import MuraError
@@ -21,55 +29,8 @@ from mura_lightning.summarize import summarize
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
-START_CLUSTER = "sudo tests/slurm/start.sh"
-SWEEP_TIMEOUT_S = 600
 PREEMPT_EPOCHS = 4  # the signal, sent once epoch 0 is saved, lands well inside the fit even on a loaded machine
 PREEMPT_BATCHES = 4  # fewer than the 5 training batches of the shoulder tree
-
-
-def cluster_answer() -> str | None:
-    """Why no SLURM cluster can be used here, or None when `sinfo` answers."""
-    try:
-        answer = subprocess.run(["sinfo", "--noheader"], capture_output=True, text=True, timeout=15)
-    except FileNotFoundError:
-        return "SLURM is not installed (no sinfo)"
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s"
-    return None if answer.returncode == 0 else f"sinfo failed: {' '.join(answer.stderr.split())}"
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    """Skip unless a SLURM cluster answers."""
-    reason = cluster_answer()
-    if reason:
-        pytest.skip(f"no SLURM cluster: {reason}; start the test cluster with `{START_CLUSTER}`")
-
-
-def slurm_sweep_args(root: Path, out: Path, *args: str) -> list[str]:
-    """A tiny CPU sweep submitted to SLURM, one CPU per job, into out/outputs/multirun/<date>_<time>/."""
-    overrides = [o for o in tiny_run_overrides(root, out) if not o.startswith(("paths.output_dir", "bodypart"))]
-    return [
-        "-m",
-        *overrides,
-        f"paths.log_dir={out}/outputs",
-        "hydra/launcher=slurm",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.timeout_min=20",
-        "callbacks.cam=null",
-        "trainer.limit_val_batches=2",
-        "trainer.limit_test_batches=2",
-        *args,
-    ]
-
-
-def sweep_folder(out: Path) -> Path:
-    (sweep,) = (out / "outputs" / "multirun").iterdir()
-    return sweep
-
-
-def job_folders(sweep: Path) -> list[Path]:
-    return sorted(path for path in sweep.iterdir() if (path / ".hydra").is_dir())
 
 
 def test_a_sweep_runs_as_slurm_jobs_and_summarize_lists_them(slurm_cluster, mura_root, tmp_path):
