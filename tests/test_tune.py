@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 from helpers.runs import REPO_ROOT, compose, run_module, tiny_run_overrides
-from hydra import initialize_config_dir
+from helpers.search import FAST, LR_AND_LOSS, load_study, run_tune, short_heartbeat
 from optuna.trial import TrialState
 
 from mura_lightning.dirnames import MAX_DIRNAME_LENGTH
@@ -22,19 +22,9 @@ from mura_lightning.errors import MuraError
 from mura_lightning.io import ERROR_FILE, PRUNED_FILE, RESULTS_FILE
 from mura_lightning.search import require_optuna
 from mura_lightning.search.space import overrides, parse_space
-from mura_lightning.search.study import SETTINGS_ATTR, STUDY_DB, check_settings
-from mura_lightning.tune import tune
+from mura_lightning.search.storage import STUDY_DB
+from mura_lightning.search.study import SETTINGS_ATTR, check_settings
 
-FAST = [  # one epoch of 3 batches, no test pass, no figures: a trial of a few seconds
-    "test=false",
-    "callbacks.cam=null",
-    "callbacks.metrics_report=null",
-]
-LR_AND_LOSS = [  # a small space: lr, and focal's gamma only when the loss is focal
-    "~hparams_search.params.weight_decay",
-    "~hparams_search.params.rotation",
-    "~hparams_search.params.batch_size",
-]
 ONLY_BATCH = [
     "~hparams_search.params.lr",
     "~hparams_search.params.loss",
@@ -45,17 +35,6 @@ ONLY_BATCH = [
 UNIT = {"type": "float", "low": 0, "high": 1}
 CHOICE_A = {"type": "categorical", "choices": ["a"]}
 OUTPUTS = ("trials.csv", "best_overrides.txt", "optimization_history.png", "param_importances.png")
-
-
-def run_tune(root: Path, out: Path, *extra: str) -> tuple[dict[str, int], Path]:
-    """tune() in this process on the tiny tree; the trial counts and the study folder."""
-    cfg = compose("tune", [*tiny_run_overrides(root, out), *FAST, *extra])
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return tune(cfg), Path(cfg.study_dir)
-
-
-def load_study(study_dir: Path) -> optuna.Study:
-    return optuna.load_study(study_name=None, storage=f"sqlite:///{study_dir / STUDY_DB}")
 
 
 def trial_states(database: Path) -> list[str]:
@@ -71,6 +50,7 @@ def trial_states(database: Path) -> list[str]:
 
 def test_a_killed_search_resumes_with_the_same_command_and_reaches_n_trials(mura_root, tmp_path):
     args = [*tiny_run_overrides(mura_root, tmp_path), *FAST, *LR_AND_LOSS, "hparams_search.n_trials=4"]
+    args += short_heartbeat(3)  # the killed trial is lost 3 s after its last beat
     command = [sys.executable, "-m", "mura_lightning.tune", *args]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tune_dir = tmp_path / "outputs" / "tune"
@@ -92,15 +72,17 @@ def test_a_killed_search_resumes_with_the_same_command_and_reaches_n_trials(mura
 
     result = run_module("mura_lightning.tune", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("Seed set to") == 1, "the one trial run seeds once, and its line prints once"
+    assert result.stderr.count("Seed set to") == 2, "the retried trial and the last one each seed once, printed once"
     assert not re.search(r"^INFO: ", result.stderr, flags=re.MULTILINE), "Lightning's own handler printed a line"
     (study_dir,) = tune_dir.iterdir()  # the same command found the same study
     trials = load_study(study_dir).get_trials()
-    assert [trial.number for trial in trials] == [0, 1, 2, 3]
-    assert all(trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for trial in trials)
-    assert trials[2].state == TrialState.FAIL, "the interrupted trial is counted as failed"
-    assert "interrupted" in (Path(trials[2].user_attrs["run_dir"]) / ERROR_FILE).read_text()
-    assert "trials: " in result.stdout and "best overrides" in result.stdout
+    assert [trial.number for trial in trials] == [0, 1, 2, 3, 4], "the lost trial's retry joined the 4"
+    assert trials[2].state == TrialState.FAIL, "the interrupted trial is failed"
+    assert all(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials if trial.number != 2)
+    (retry,) = [trial for trial in trials if trial.system_attrs.get("retry_history") == [2]]
+    assert retry.params == trials[2].params and retry.user_attrs["run_dir"] != trials[2].user_attrs["run_dir"]
+    assert "lost: its worker stopped" in (Path(trials[2].user_attrs["run_dir"]) / ERROR_FILE).read_text()
+    assert "1 of them lost with their worker and retried" in result.stdout and "best overrides" in result.stdout
     for trial in trials:
         run_dir = Path(trial.user_attrs["run_dir"])
         assert run_dir.parent == study_dir and run_dir.name.startswith(f"{trial.number}_lr-")
@@ -115,7 +97,7 @@ def test_a_killed_search_resumes_with_the_same_command_and_reaches_n_trials(mura
     assert best[0].startswith("optimizer.lr=") and best[1] in ("loss=weighted_bce", "loss=focal")
 
     again = run_module("mura_lightning.tune", *args)  # all trials exist: only the report is written again
-    assert again.returncode == 0 and len(load_study(study_dir).get_trials()) == 4
+    assert again.returncode == 0 and len(load_study(study_dir).get_trials()) == 5
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(mura_root, tmp_path):

@@ -18,6 +18,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from mura_lightning.io import write_atomically, write_text_atomic  # noqa: E402
 from mura_lightning.search.space import Param, overrides  # noqa: E402
+from mura_lightning.search.storage import HEARTBEAT_ATTR  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def write_report(study: optuna.Study, study_dir: Path, space: list[Param]) -> li
     that tell the user what was written and what was not."""
     lines = []
     frame = study.trials_dataframe()
+    frame = frame.drop(columns=[f"system_attrs_{HEARTBEAT_ATTR}"], errors="ignore")  # when a trial last beat
     write_atomically(study_dir / TRIALS_FILE, lambda tmp: frame.to_csv(tmp, index=False))
     lines.append(f"trials table: {study_dir / TRIALS_FILE}")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -18,13 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna_integration import PyTorchLightningPruningCallback
 
 from mura_lightning.dirnames import dirname
 from mura_lightning.errors import MuraError
 from mura_lightning.io import ERROR_FILE, HYDRA_DIR, PRUNED_FILE, write_text_atomic
 from mura_lightning.search.space import Param, folder_label, overrides, suggest
-from mura_lightning.search.study import RUN_DIR_ATTR
+from mura_lightning.search.study import RUN_DIR_ATTR, WORKER_ATTR
 from mura_lightning.train import optimized_value, train
 
 log = logging.getLogger(__name__)
@@ -127,18 +128,24 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig, run_overrides: list[str]) 
 
 
 class Objective:
-    """Optuna's objective: draw the trial's values, train it in its folder, return `optimized_metric`."""
+    """Optuna's objective: draw the trial's values, train it in its folder, return `optimized_metric`. The trial
+    records its folder and the worker (`worker`) that runs it."""
 
-    def __init__(self, space: list[Param], run_overrides: list[str], study_dir: Path) -> None:
-        self.space, self.run_overrides, self.study_dir = space, run_overrides, study_dir
+    def __init__(self, space: list[Param], run_overrides: list[str], study_dir: Path, worker: str) -> None:
+        self.space, self.run_overrides, self.study_dir, self.worker = space, run_overrides, study_dir, worker
+        self.number: int | None = None  # the number of the trial it runs or ran last
 
     def __call__(self, trial: optuna.Trial) -> float:
         """The trial's optimized_metric; raises TrialPruned when pruned, and the error when it fails."""
+        self.number = trial.number
         values = suggest(trial, self.space)
         run_dir = trial_folder(self.study_dir, trial.number, self.space, values)
         trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
+        if is_heartbeat_enabled(trial.storage):  # a trial names its worker once it has beaten (study.fail_lost_trials)
+            trial.storage.record_heartbeat(trial._trial_id)
+        trial.set_user_attr(WORKER_ATTR, self.worker)
         run_overrides = [*self.run_overrides, *overrides(self.space, values)]
-        log.info("trial %d: %s -> %s", trial.number, " ".join(overrides(self.space, values)), run_dir)
+        log.info("trial %d (%s): %s -> %s", trial.number, self.worker, " ".join(overrides(self.space, values)), run_dir)
         with trial_log(run_dir):
             try:
                 return run_trial(trial, run_overrides, run_dir)
