@@ -143,4 +143,4 @@ def wait_for_workers(study: optuna.Study, n_trials: int, heartbeat: Heartbeat) -
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since > heartbeat.grace_period:
             return
-        time.sleep(heartbeat.interval)
+        time.sleep(heartbeat.poll_s)

@@ -27,6 +27,7 @@ STORAGE_RECORD = "storage.txt"  # in the study folder: the storage given when th
 HEARTBEAT_ATTR = "mura:heartbeat"  # a journal trial's system attribute: [its trial id, the time of its last beat]
 NEW_SEARCH = "hparams_search.study_name=NAME"  # how to start another search in the same command
 URL_MARK = "://"  # a database URL (sqlite:///..., postgresql://...); anything else names a journal file
+STUDY_POLL_S = 2  # the longest a waiting worker leaves the study unread (a read of the journal or one query)
 
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -39,6 +40,12 @@ class Heartbeat:
     interval: int
     grace_period: int
     retries: int
+
+    @property
+    def poll_s(self) -> int:
+        """How often a worker with nothing to run looks at the study again: a trial finished elsewhere frees it
+        within this, a lost one is found within this after its grace period."""
+        return min(self.interval, STUDY_POLL_S)
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

@@ -84,7 +84,7 @@ def run_trials(study: optuna.Study, objective: Objective, n_trials: int, heartbe
                     heartbeat.grace_period,
                 )
                 waiting_for = running
-            time.sleep(heartbeat.interval)
+            time.sleep(heartbeat.poll_s)
             continue
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,))
