@@ -11,19 +11,30 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import optuna
 import pytest
 from helpers.runs import REPO_ROOT, run_module, tiny_run_overrides
 from helpers.search import FAST, LR_AND_LOSS, load_study, run_tune, short_heartbeat
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from mura_lightning.cluster.slurm import JOB_FILE
 from mura_lightning.errors import MuraError
 from mura_lightning.io import ERROR_FILE, RESULTS_FILE
 from mura_lightning.search.launch import JOB_LOG, WORKERS_DIR
-from mura_lightning.search.storage import STUDY_DB, STUDY_JOURNAL, storage_location
-from mura_lightning.search.study import WORKER_ATTR
+from mura_lightning.search.storage import (
+    HEARTBEAT_ATTR,
+    STUDY_DB,
+    STUDY_JOURNAL,
+    Heartbeat,
+    HeartbeatJournalStorage,
+    storage_location,
+)
+from mura_lightning.search.study import WORKER_ATTR, LostTrial, Progress, fail_lost_trials, progress
+from mura_lightning.search.worker import run_trials
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
@@ -243,6 +254,68 @@ def test_a_study_is_never_forked_into_a_second_storage(tmp_path):
     assert storage_location("postgresql://u:pw@db/s", tmp_path, 2) == "postgresql://u:pw@db/s"
     with pytest.raises(MuraError, match=r"storage=postgresql://u:\*\*\*@db/t: this search's study was made in"):
         storage_location("postgresql://u:pw@db/t", tmp_path, 2)
+
+
+def journal_study(tmp_path: Path) -> tuple[optuna.Study, Heartbeat]:
+    """A study in a journal file with the heartbeat: a trial silent for 5 s is lost, retried once."""
+    heartbeat = Heartbeat(interval=1, grace_period=5, retries=1)
+    backend = JournalFileBackend(str(tmp_path / STUDY_JOURNAL))
+    return optuna.create_study(storage=HeartbeatJournalStorage(backend, heartbeat, LostTrial(heartbeat))), heartbeat
+
+
+def running_trial(study: optuna.Study, beat_age_s: float | None, beat_of: int | None = None, **attrs) -> int:
+    """A running trial, its worker recorded unless `attrs` say otherwise, its last beat `beat_age_s` seconds ago
+    (none when None) recorded for trial id `beat_of` (its own when None)."""
+    started = attrs.pop("started_s_ago", 0)
+    template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs or {WORKER_ATTR: "worker 0"})
+    template.datetime_start = datetime.now(timezone.utc) - timedelta(seconds=started)
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    if beat_age_s is not None:
+        beat = [trial_id if beat_of is None else beat_of, time.time() - beat_age_s]
+        study._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, beat)
+    return trial_id
+
+
+def test_silent_trials_are_failed_and_queued_again_and_live_ones_never(tmp_path):
+    study, heartbeat = journal_study(tmp_path)
+    silent = running_trial(study, beat_age_s=10)
+    live = running_trial(study, beat_age_s=1)
+    inherited = running_trial(study, beat_age_s=10, beat_of=silent)  # a retry holding its predecessor's old beat
+    old_search = running_trial(study, None, started_s_ago=60, run_dir="")  # no worker recorded: before heartbeats
+    new_search = running_trial(study, None, run_dir="")  # the same, started just now: maybe alive
+    fail_lost_trials(study, heartbeat)
+    trials = study.get_trials()
+    states = {trial._trial_id: trial.state for trial in trials}
+    assert {trial_id for trial_id, state in states.items() if state == TrialState.FAIL} == {silent, old_search}
+    assert all(states[trial_id] == TrialState.RUNNING for trial_id in (live, inherited, new_search))
+    queued = [trial.system_attrs["retry_history"] for trial in trials if trial.state == TrialState.WAITING]
+    assert queued == [[silent], [old_search]], "each lost trial is queued again, once"
+    assert progress(study) == Progress(finished=0, running=3, waiting=2, retried=2)
+    fail_lost_trials(study, heartbeat)
+    assert len(study.get_trials()) == len(trials), "a failed trial is not retried twice"
+
+
+class TakenAsLostMeanwhile:
+    """An objective whose first trial another worker fails as lost while it still runs."""
+
+    number = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.number = trial.number
+        if trial.number == 0:
+            storage = trial.storage
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.get_heartbeat_stale_trial_callback()(trial.study, storage.get_trial(trial._trial_id))
+        return 1.0
+
+
+def test_a_worker_whose_trial_was_taken_as_lost_drops_its_result_and_goes_on(tmp_path, caplog):
+    study, heartbeat = journal_study(tmp_path)
+    assert run_trials(study, TakenAsLostMeanwhile(), 2, heartbeat) == 3
+    trials = study.get_trials()
+    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].system_attrs["retry_history"] == [0] and trials[1].params == trials[0].params
+    assert "trial 0 was taken as lost while this worker still ran it" in caplog.text
 
 
 def test_local_workers_without_the_submitit_launcher_say_how_to_install_it(monkeypatch):
