@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.runs import REPO_ROOT, compose, run_module
+from helpers.runs import REPO_ROOT, compose, run_module, wait_for
 from helpers.slurm import (
     START_CLUSTER,
     SWEEP_TIMEOUT_S,
@@ -72,19 +72,6 @@ def test_a_failed_slurm_job_is_failed_in_summarize_with_its_log(slurm_cluster, m
     assert "1 jobs: 0 ok, 1 failed, 0 unfinished" in text
     assert f"(SLURM log: {log_file})" in text
     assert "data.val_fraction=1.5 must lie strictly between 0 and 1" in text
-
-
-def wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        if process.poll() is not None:
-            pytest.fail(f"the sweep ended before {what}: {process.stderr.read()[-3000:]}")
-        time.sleep(0.5)
-    process.kill()
-    pytest.fail(f"no {what} within {timeout_s} s")
 
 
 def test_a_preempted_job_is_requeued_and_resumes_in_the_same_run_folder(slurm_cluster, mura_root, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers.runs import REPO_ROOT, run_module, tiny_run_overrides
+from helpers.runs import REPO_ROOT, run_module, tiny_run_overrides, wait_for
 from helpers.search import FAST, LR_AND_LOSS, load_study, run_tune, short_heartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -76,19 +76,6 @@ def training_trial(out: Path, *written: str) -> FrozenTrial | None:
         if WORKER_ATTR in trial.user_attrs and run_dir and all(path.is_file() for path in files):
             return trial
     return None
-
-
-def wait_for(find, process: subprocess.Popen, what: str):
-    """What `find` returns once it returns something; fails the test when the search ends first or it times out."""
-    deadline = time.monotonic() + KILL_TIMEOUT_S
-    while time.monotonic() < deadline:
-        found = find()
-        if found:
-            return found
-        if process.poll() is not None:
-            pytest.fail(f"the search ended before {what}: {process.stderr.read()[-3000:]}")
-        time.sleep(0.2)
-    pytest.fail(f"no {what} within {KILL_TIMEOUT_S} s")
 
 
 def start_search(args: list[str]) -> subprocess.Popen:
@@ -151,7 +138,7 @@ def worker_logs(study_dir: Path) -> list[str]:
 def test_two_local_workers_finish_a_study_and_retry_the_trial_of_one_killed(mura_root, tmp_path):
     process = start_search(search_args(mura_root, tmp_path, 2))
     try:
-        victim = wait_for(lambda: training_trial(tmp_path), process, "a trial in training")
+        victim = wait_for(lambda: training_trial(tmp_path), KILL_TIMEOUT_S, "a trial in training", process)
         pid = int(victim.user_attrs[WORKER_ATTR].rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
         stdout, stderr = process.communicate(timeout=SEARCH_TIMEOUT_S)
@@ -190,7 +177,7 @@ def test_two_slurm_workers_finish_a_four_trial_study(slurm_cluster, mura_root, t
 def test_a_cancelled_slurm_worker_leaves_its_trial_to_the_other(slurm_cluster, mura_root, tmp_path):
     process = start_search(search_args(mura_root, tmp_path, 2, *SLURM))
     try:
-        victim = wait_for(lambda: training_trial(tmp_path, JOB_FILE), process, "a trial in training")
+        victim = wait_for(lambda: training_trial(tmp_path, JOB_FILE), KILL_TIMEOUT_S, "a trial in training", process)
         job_id = json.loads(Path(victim.user_attrs["run_dir"], JOB_FILE).read_text())["job_id"]
         subprocess.run(["scancel", job_id], check=True)
         stdout, stderr = process.communicate(timeout=SEARCH_TIMEOUT_S)

@@ -16,6 +16,25 @@ def run_module(module: str, *args: str, cwd: Path = REPO_ROOT, timeout: int = 60
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
+def wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen):
+    """What `condition()` returns once it is true, polled while the command `process` runs; fails the test (killing
+    the process on a timeout) when the command ends first or nothing comes within `timeout_s`."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if process.poll() is not None:
+            pytest.fail(f"the command ended before {what}: {process.stderr.read()[-3000:]}")
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"no {what} within {timeout_s} s")
+
+
 def compose(config_name: str, overrides: list[str]):
     """The project's config `config_name` composed with overrides, as a Hydra app would see it (the `hydra`
     node is set in HydraConfig and left out of the returned config)."""
