@@ -370,7 +370,7 @@ def test_a_cancelled_job_is_reported_failed_while_the_other_finishes_and_summari
         "error.txt of the cancelled job",
     )
     print(f"scancel to the job reported failed: {time.monotonic() - cancelled:.1f} s")
-    assert sweep.finish() != 0
+    assert sweep.finish() == 1
     lines = [line for line in sweep.stderr.splitlines() if "SLURM job(s) ended without a result" in line]
     assert len(lines) == 1, sweep.stderr[-3000:]
     assert re.match(rf"1 SLURM job\(s\) ended without a result \({lost_id}: (CANCELLED|left the queue)", lines[0])
