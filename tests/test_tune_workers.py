@@ -41,7 +41,12 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 SEARCH_TIMEOUT_S = 420  # a whole search, SLURM jobs queued behind others' included
 KILL_TIMEOUT_S = 240  # until a worker runs a trial to kill
 GRACE_S = 5  # a trial silent this long is lost: room for a live worker on a loaded 2-core machine
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20"]
+SLURM = [  # one CPU per worker job; the queue read every 2 s at most, so a cancelled worker is seen soon
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.timeout_min=20",
+    "hydra.launcher.poll_s=2",
+]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -179,7 +184,9 @@ def test_a_cancelled_slurm_worker_leaves_its_trial_to_the_other(slurm_cluster, m
     try:
         victim = wait_for(lambda: training_trial(tmp_path, JOB_FILE), KILL_TIMEOUT_S, "a trial in training", process)
         job_id = json.loads(Path(victim.user_attrs["run_dir"], JOB_FILE).read_text())["job_id"]
-        subprocess.run(["scancel", job_id], check=True)
+        # A plain scancel sends SIGTERM, which submitit's job process ignores, and SIGKILL KillWait seconds later (30
+        # here), time enough for a tiny trial to finish; KILL ends the worker mid-trial at once, as KillWait's end does.
+        subprocess.run(["scancel", "--signal=KILL", job_id], check=True)
         stdout, stderr = process.communicate(timeout=SEARCH_TIMEOUT_S)
     finally:
         stop_search(process)
@@ -187,6 +194,7 @@ def test_a_cancelled_slurm_worker_leaves_its_trial_to_the_other(slurm_cluster, m
     assert process.returncode == 0, stderr[-3000:]
     assert_study_with_retry(study_folder(tmp_path), 2, victim)
     assert "1 of them lost with their worker and retried" in stdout
+    assert re.search(rf"worker \d failed: .*ended without a result \({job_id}: ", stdout), "the cancelled job is named"
 
 
 @pytest.mark.parametrize(
