@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mura_lightning.cli import hydra_app, run_as_job
+from mura_lightning.cli import hydra_app
 from mura_lightning.errors import MuraError
 from mura_lightning.lightning_logs import route_lightning_logs
 from mura_lightning.resolvers import job_overrides
@@ -102,7 +102,7 @@ def tune(cfg: DictConfig) -> dict[str, int]:
     if missing and local:
         run_worker(cfg, study, space, n_trials, heartbeat)
     elif missing:
-        problems = launch_workers(worker_job, study_dir, workers, partial(wait_for_workers, study, n_trials, heartbeat))
+        problems = launch_workers(study_dir, workers, partial(wait_for_workers, study, n_trials, heartbeat))
     result, after = counts(study), progress(study)
     lines = [f"trials: {result['complete']} complete, {result['pruned']} pruned, {result['fail']} failed"]
     if after.retried:
@@ -139,9 +139,6 @@ def run_worker(
         run_overrides = take_share(run_overrides, int(cfg.data.num_workers), n_workers, name)
     ran = run_trials(study, Objective(space, run_overrides, Path(cfg.study_dir), name), n_trials, heartbeat)
     log.info("%s ran %d trial(s)", name, ran)
-
-
-worker_job = run_as_job(tune, "tune")  # what each worker job of a launch runs, under the entry points' contract
 
 
 @hydra_app("tune", check=check_tracking)

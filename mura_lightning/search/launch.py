@@ -84,10 +84,17 @@ def worker_overrides(task_overrides: list[str], worker: int, n_workers: int) -> 
     return [*kept, f"{N_WORKERS_KEY}={n_workers}", f"{WORKER_KEY}={worker}"]
 
 
-def launch_workers(
-    task_function: Callable[[DictConfig], object], study_dir: Path, n_workers: int, wait_for_others: Callable[[], None]
-) -> list[str]:
-    """Launch `n_workers` jobs running `task_function` as workers of the study and wait for them; a line for each
+def worker_task(cfg: DictConfig) -> dict[str, int]:
+    """What each worker job runs: the tune command (as a worker, hparams_search.worker_index being set) under the
+    entry points' failure contract. A function of this module, so a launcher pickles it by name."""
+    from mura_lightning.cli import run_as_job
+    from mura_lightning.tune import tune
+
+    return run_as_job(tune, "tune")(cfg)
+
+
+def launch_workers(study_dir: Path, n_workers: int, wait_for_others: Callable[[], None]) -> list[str]:
+    """Launch `n_workers` jobs running `worker_task` as workers of the study and wait for them; a line for each
     worker that failed (its error and log) or ended without a result (killed, cancelled). A launcher that stops
     waiting at a job lost that way (submitit's raise) leaves the others running: `wait_for_others` waits for them."""
     from hydra._internal.callbacks import Callbacks
@@ -95,7 +102,7 @@ def launch_workers(
     config = launch_config(study_dir)
     launcher = Plugins.instance().instantiate_launcher(
         hydra_context=HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(config)),
-        task_function=task_function,
+        task_function=worker_task,
         config=config,
     )
     task_overrides = list(HydraConfig.get().overrides.task)
