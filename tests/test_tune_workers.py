@@ -184,8 +184,8 @@ def test_a_cancelled_slurm_worker_leaves_its_trial_to_the_other(slurm_cluster, m
     try:
         victim = wait_for(lambda: training_trial(tmp_path, JOB_FILE), KILL_TIMEOUT_S, "a trial in training", process)
         job_id = json.loads(Path(victim.user_attrs["run_dir"], JOB_FILE).read_text())["job_id"]
-        # A plain scancel sends SIGTERM, which submitit's job process ignores, and SIGKILL KillWait seconds later (30
-        # here), time enough for a tiny trial to finish; KILL ends the worker mid-trial at once, as KillWait's end does.
+        # A plain scancel sends SIGTERM, which submitit's job ignores outside Lightning's fit, and SIGKILL KillWait
+        # seconds later (30 here): time for a tiny trial to finish. KILL ends the worker mid-trial, as KillWait does.
         subprocess.run(["scancel", "--signal=KILL", job_id], check=True)
         stdout, stderr = process.communicate(timeout=SEARCH_TIMEOUT_S)
     finally:
