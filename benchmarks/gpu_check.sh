@@ -19,13 +19,15 @@
 #                   the Lightning / plain ratio
 #   bench_compiled  the same four variants under torch.compile (bf16 channels_last first)
 #   bench_autotune  torch.compile mode=max-autotune
-#   paper           benchmarks/paper_scale.py: a MURA-sized synthetic tree (40,000 images) written, indexed and cached
+#   paper           benchmarks/paper_scale.py: a MURA-sized synthetic tree (39,906 images) written, indexed and cached
 #                   at 320 px, then one epoch of experiment=paper (batch 64) through the train entry, against the
 #                   model-only images/s of the same variant (figure epoch_over_model/<backbone>). Its tree and cache
-#                   live in GPU_CHECK_PAPER_DIR (default outputs/paper_scale, kept on the machine between calls), so a
-#                   call cut short after the generation reuses them. Expected on the H200 machine (16 cores): generate
-#                   60-120 s, index and cache 30-60 s, the epoch of DenseNet-169 fp32 channels_last about 60 s (33,000
-#                   images at the 750 img/s measured model-only) with its validation and start-up: about 250 s of 360.
+#                   (6.2 GiB) live in GPU_CHECK_PAPER_DIR (default outputs/paper_scale, kept on the machine between
+#                   calls), so a call cut short after the generation reuses them. On 2 shared CPU cores the
+#                   generation took 193 s and the cache 82 s (benchmarks/RESULTS.md); on the 16-core H200 machine,
+#                   whose data stage wrote 1,750 images in 6 s, expect generate 30-90 s, index and cache (4 workers)
+#                   20-60 s, and the epoch of DenseNet-169 (33,018 training images at about 750 img/s model-only,
+#                   its validation, checkpoints and start-up) 90-150 s: at most about 300 s of the 360.
 # Stages get SIGINT when their limit is reached (pytest still writes its JUnit file), SIGKILL 20 s later.
 # Inductor's FX-graph and autograd caches live in GPU_CHECK_COMPILE_CACHE (default outputs/compile_cache, kept on
 # the machine between calls), so what one stage or call compiled the next one loads.

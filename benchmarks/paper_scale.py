@@ -8,9 +8,10 @@ python benchmarks/paper_scale.py [--work outputs/paper_scale] [--stages generate
     [--results FILE] [OVERRIDE ...]
 
 Stages, each timed (default: the first three, and epoch too when --device is given):
-  generate  the tree in WORK/data/MURA-v1.1: studies per body part and the valid share chosen so that its image
-            counts come close to MURA's (36,808 training, 3,197 valid: the test set here); a tree already there is
-            reused when it was generated with the same settings (and refused when not)
+  generate  the tree in WORK/data/MURA-v1.1, by `python -m mura_lightning.synthetic`: studies per body part and
+            the valid share chosen so that its image counts come close to MURA's (36,808 training, 3,197 valid:
+            the test set here); a tree already there is reused when it was generated with the same settings (and
+            refused when not)
   index     the datamodule's setup over all body parts with the cache off: index, patient split, datasets
   cache     the datamodule's prepare_data with data.cache=true: every image decoded and resized once into
             WORK/cache (a cache already built for these files and this size is reused)
@@ -27,11 +28,12 @@ Prints the tree's counts against MURA's and each stage's figures as name=value l
 appends each as a JSON line, as gpu.py does, so a run cut short keeps what it measured): the stage's seconds, the
 tree's counts, the sizes on disk of the tree and of the cache, and for the epoch `epoch_over_model/<backbone>`
 with the figures behind it and `paper_training_h/<backbone>`, experiment=paper's whole training (its
-max_epochs of this epoch's training and validation) extrapolated. Memory: `peak_rss_mib/<stage>`, the peak of
-the resident set sizes of this process and its worker processes added up during the stage, sampled every 0.5 s
-(an upper bound: shared pages count in each process); and last `peak_rss_mib/self`, this process's own peak over
-the whole run. (getrusage's peak of the child processes would say little here: importing torch starts a child
-process of about 430 MB.)
+max_epochs of this epoch's training and validation) extrapolated. Memory: `peak_pss_mib/<stage>`, the peak of
+the proportional set sizes of this process and its worker processes added up during the stage, sampled every
+0.5 s (a page shared by several processes counts once in all; resident set sizes added up would count the
+copy-on-write pages of forked loader workers once per worker, many GB too much); and last `peak_rss_mib/self`,
+this process's own peak resident set over the whole run. (getrusage's peak of the child processes would say
+little: importing torch starts a child process of about 430 MB.)
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ import logging
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -59,7 +63,8 @@ from mura_lightning.cli import CONFIG_DIR, VERSION_BASE
 from mura_lightning.config import instantiate
 from mura_lightning.data.cache import MANIFEST_FILE, cache_key
 from mura_lightning.data.index import BODY_PARTS
-from mura_lightning.synthetic import MIN_STUDIES_PER_PART, generate_synthetic_mura, load_spec
+from mura_lightning.errors import MuraError
+from mura_lightning.synthetic import MIN_STUDIES_PER_PART, load_spec
 from mura_lightning.synthetic.plan import DATASET_DIR
 from mura_lightning.synthetic.record import check_reused_tree
 
@@ -91,13 +96,16 @@ def generator_settings(studies_per_part: int | None, workers: int | None) -> dic
 
 
 def generate(data: Path, settings: dict) -> bool:
-    """Write the tree under `data`, or check that the one there was generated with `settings`; True when written."""
+    """Write the tree under `data` with the generator's command, as a user does (its worker processes then
+    import what the generator needs, not what this script does), or check that the tree there was generated with
+    `settings`; True when written."""
     tree = data / DATASET_DIR
     if tree.exists():
         check_reused_tree(tree, load_spec(root=str(data), **settings))
         print(f"reusing the tree at {tree} (generated with the same settings)", flush=True)
         return False
-    generate_synthetic_mura(data, **settings)
+    knobs = [f"{name}={value}" for name, value in settings.items() if value is not None]
+    subprocess.run([sys.executable, "-m", "mura_lightning.synthetic", f"root={data}", *knobs], check=True)
     return True
 
 
@@ -142,19 +150,20 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def rss_kib(pid: int) -> int:
-    """The resident set size of a process, in KiB; 0 for one that has ended."""
+def pss_kib(pid: int) -> int:
+    """The proportional set size of a process, in KiB: its resident pages, each it shares divided by the number of
+    processes sharing it (so forked workers' copy-on-write pages are not counted once per worker); 0 for one that
+    has ended."""
     try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
     except OSError:
         return 0
-    return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
+    return next((int(line.split()[1]) for line in lines if line.startswith("Pss:")), 0)
 
 
 class MemoryPeak:
-    """Samples, in a thread while the block runs, the summed resident set sizes of this process and all its
-    descendants (the generator's, the cache's and the loader's worker processes), keeping the peak, in MiB: an
-    upper bound, as pages they share (libraries, the memory-mapped cache) count once in each."""
+    """Samples, in a thread while the block runs, the summed proportional set sizes of this process and all its
+    descendants (the generator's, the cache's and the loader's worker processes), keeping the peak, in MiB."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
@@ -165,7 +174,7 @@ class MemoryPeak:
     def _sample(self) -> None:
         pid = os.getpid()
         while True:
-            total = sum(rss_kib(process) for process in [pid, *descendants(pid)])
+            total = sum(pss_kib(process) for process in [pid, *descendants(pid)])
             self.peak_mib = max(self.peak_mib, total / 1024)
             if self._stop.wait(self.interval_s):
                 return
@@ -347,7 +356,15 @@ def stage_list(text: str | None, device: str | None) -> list[str]:
 
 
 def main() -> None:
-    """Run the stages asked for, printing their figures."""
+    """Run the stages asked for, printing their figures; a user error ends it with its message."""
+    try:
+        run(parse_arguments())
+    except MuraError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def parse_arguments() -> argparse.Namespace:
+    """The command line, checked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("outputs/paper_scale"), help="tree, cache and run here")
     parser.add_argument("--stages", help=f"comma-separated, of {','.join(STAGES)}")
@@ -359,7 +376,11 @@ def main() -> None:
     parser.add_argument("--model-warmup-steps", type=int, default=WARMUP_STEPS)
     parser.add_argument("--results", type=Path, help="append each figure to this JSON-lines file")
     parser.add_argument("overrides", nargs="*", help="train config overrides (key=value)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> None:
+    """The stages `args` ask for, in order, each printing its figures when it ends."""
     stages = stage_list(args.stages, args.device)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = args.work.expanduser().absolute()
@@ -387,7 +408,7 @@ def main() -> None:
             written = generate(data, settings)
         if written:
             figure("generate_s", time.perf_counter() - started)
-            figure("peak_rss_mib/generate", memory.peak_mib)
+            figure("peak_pss_mib/generate", memory.peak_mib)
     if not (tree / "train_image_paths.csv").is_file():
         raise SystemExit(f"no synthetic MURA at {tree}: run the generate stage first")
     counts = tree_counts(tree)
@@ -400,7 +421,7 @@ def main() -> None:
             started = time.perf_counter()
             subsets = index(cfg)
         figure("index_s", time.perf_counter() - started)
-        figure("peak_rss_mib/index", memory.peak_mib)
+        figure("peak_pss_mib/index", memory.peak_mib)
         print("subsets: " + ", ".join(f"{name} {count:,} images" for name, count in subsets.items()), flush=True)
     if "cache" in stages:
         with MemoryPeak() as memory:
@@ -408,12 +429,12 @@ def main() -> None:
         print(f"{'built' if built else 'reused'} the cache at {folder}", flush=True)
         if built:
             figure("cache_s", seconds)
-            figure("peak_rss_mib/cache", memory.peak_mib)
+            figure("peak_pss_mib/cache", memory.peak_mib)
         figure("cache_disk_mib", disk_mib(folder))
     if "epoch" in stages:
         with MemoryPeak() as memory:
             epoch(cfg, args, run_dir, figure)
-        figure("peak_rss_mib/epoch", memory.peak_mib)
+        figure("peak_pss_mib/epoch", memory.peak_mib)
     figure("peak_rss_mib/self", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
 
 

@@ -54,8 +54,8 @@ def test_cam_benchmark_prints_seconds():
 
 def test_the_gpu_check_dry_run_passes_every_stage(tmp_path):
     """gpu_check.sh --dry-run: the GPU check's stages on the CPU at tiny sizes (so it keeps working between GPU
-    loans). Its stage limits are generous: the run takes about a minute on a quiet 2-core machine, several under
-    load."""
+    loans). Its stage limits are generous: the run takes about a minute and a half on a 2-core machine (the paper
+    stage about 20 s of it), several under load."""
     environment = {**os.environ, "PYTHON": sys.executable}
     finished = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--dry-run", str(tmp_path)],
@@ -81,8 +81,8 @@ def test_the_gpu_check_dry_run_passes_every_stage(tmp_path):
     assert figures["lightning_over_plain_min/resnet50/fp32/nchw"] <= figures["lightning_over_plain/resnet50/fp32/nchw"]
     assert figures["tree_train_images"] + figures["tree_valid_images"] > 40 and figures["cache_disk_mib"] > 0
     assert figures["generate_s"] > 0 and figures["index_s"] > 0 and figures["cache_s"] > 0
-    stages_memory = [figures[f"peak_rss_mib/{stage}"] for stage in ("generate", "index", "cache", "epoch")]
-    assert min(stages_memory) > 50 and figures["peak_rss_mib/epoch"] >= figures["peak_rss_mib/self"] / 2
+    stages_memory = [figures[f"peak_pss_mib/{stage}"] for stage in ("generate", "index", "cache", "epoch")]
+    assert min(stages_memory) > 50 and figures["peak_rss_mib/self"] > 50
     assert figures["epoch_train_images/resnet50"] == 4, "the batch of 4 after the first of the dry run's 2"
     (model,) = [value for name, value in figures.items() if name.startswith("model_images_per_s/resnet50/")]
     assert figures["epoch_over_model/resnet50"] == pytest.approx(figures["epoch_images_per_s/resnet50"] / model)
