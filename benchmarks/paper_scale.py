@@ -28,12 +28,14 @@ Prints the tree's counts against MURA's and each stage's figures as name=value l
 appends each as a JSON line, as gpu.py does, so a run cut short keeps what it measured): the stage's seconds, the
 tree's counts, the sizes on disk of the tree and of the cache, and for the epoch `epoch_over_model/<backbone>`
 with the figures behind it and `paper_training_h/<backbone>`, experiment=paper's whole training (its
-max_epochs of this epoch's training and validation) extrapolated. Memory: `peak_pss_mib/<stage>`, the peak of
-the proportional set sizes of this process and its worker processes added up during the stage, sampled every
-0.5 s (a page shared by several processes counts once in all; resident set sizes added up would count the
-copy-on-write pages of forked loader workers once per worker, many GB too much); and last `peak_rss_mib/self`,
-this process's own peak resident set over the whole run. (getrusage's peak of the child processes would say
-little: importing torch starts a child process of about 430 MB.)
+max_epochs of this epoch's training and validation) extrapolated. Memory: `peak_pss_mib/<stage>` for the set-up
+stages, the peak of the proportional set sizes of this process and its worker processes added up during the
+stage, sampled every 0.5 s (a page shared by several processes counts once in all; resident set sizes added up
+would count the copy-on-write pages of forked loader workers once per worker, many GB too much); not sampled
+during the epoch, whose speed it could disturb (reading a process's page tables takes its memory-map lock), which
+gives `peak_gpu_memory_gib/<backbone>` on CUDA instead; and last `peak_rss_mib/self`, this process's own peak
+resident set over the whole run. (getrusage's peak of the child processes would say little: importing torch
+starts a child process of about 430 MB.)
 """
 
 from __future__ import annotations
@@ -328,7 +330,11 @@ def epoch(cfg: DictConfig, args: argparse.Namespace, run_dir: Path, figure: Figu
     cfg.trainer.max_epochs = 1
     shutil.rmtree(run_dir, ignore_errors=True)
     clock = EpochClock()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     train(cfg, extra_callbacks=[clock])
+    if device.type == "cuda":
+        figure(f"peak_gpu_memory_gib/{backbone}", torch.cuda.max_memory_allocated(device) / 2**30)
     if clock.images == 0:
         raise SystemExit("the epoch had a single training batch: nothing to time after it; use a smaller batch")
     speed = clock.images / clock.steady_s
@@ -432,9 +438,7 @@ def run(args: argparse.Namespace) -> None:
             figure("peak_pss_mib/cache", memory.peak_mib)
         figure("cache_disk_mib", disk_mib(folder))
     if "epoch" in stages:
-        with MemoryPeak() as memory:
-            epoch(cfg, args, run_dir, figure)
-        figure("peak_pss_mib/epoch", memory.peak_mib)
+        epoch(cfg, args, run_dir, figure)
     figure("peak_rss_mib/self", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
 
 
