@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check of mura-lightning, prepared to run in one call whenever a GPU is lent (issue 14):
 #
-#   bash benchmarks/gpu_check.sh [--dry-run] [--stages part1|part2|install,data,...] OUT
+#   bash benchmarks/gpu_check.sh [--dry-run] [--stages part1|part2|part3|install,data,...] OUT
 #
 # From the repo root. Stages, in order, each under its own time limit; the budget is the sum of the limits of the
 # stages asked for, so each stage gets its whole limit (a GPU_CHECK_BUDGET_S below that sum is refused). A stage
 # that fails or runs out of time is recorded and the next one still runs. A lent GPU runs at most 600 s a call, so
-# the check is two calls: `--stages part1` (install, data, tests, bench_eager) and `--stages part2` (install,
-# bench_compiled, bench_autotune); all stages in one call (the default) suit a machine without that limit.
+# the check is three calls: `--stages part1` (install, data, tests, bench_eager: 30 + 30 + 240 + 150 = 450 s),
+# `--stages part2` (install, bench_compiled, bench_autotune: 30 + 240 + 120 = 390 s) and `--stages part3` (install,
+# paper: 30 + 360 = 390 s), each with 15 s for the card's name and the summary; paper does not fit beside part1 or
+# part2 (450 + 360 and 390 + 360 are over 600). All stages in one call (the default) suit a machine without that
+# limit.
 #   install         what the machine lacks (hydra-core, omegaconf, antlr4, grad-cam, ttach, test tools), from the
 #                   wheels in gpu-wheels/ (`make gpu-wheels` fills it), without the network
 #   data            a synthetic MURA (trained at 320 px)
@@ -16,6 +19,15 @@
 #                   the Lightning / plain ratio
 #   bench_compiled  the same four variants under torch.compile (bf16 channels_last first)
 #   bench_autotune  torch.compile mode=max-autotune
+#   paper           benchmarks/paper_scale.py: a MURA-sized synthetic tree (39,906 images) written, indexed and cached
+#                   at 320 px, then one epoch of experiment=paper (batch 64) through the train entry, against the
+#                   model-only images/s of the same variant (figure epoch_over_model/<backbone>). Its tree and cache
+#                   (6.2 GiB) live in GPU_CHECK_PAPER_DIR (default outputs/paper_scale, kept on the machine between
+#                   calls), so a call cut short after the generation reuses them. On 2 shared CPU cores the
+#                   generation took 193 s and the cache 82 s (benchmarks/RESULTS.md); on the 16-core H200 machine,
+#                   whose data stage wrote 1,750 images in 6 s, expect generate 30-90 s, index and cache (4 workers)
+#                   20-60 s, and the epoch of DenseNet-169 (33,018 training images at about 750 img/s model-only,
+#                   its validation, checkpoints and start-up) 90-150 s: at most about 300 s of the 360.
 # Stages get SIGINT when their limit is reached (pytest still writes its JUnit file), SIGKILL 20 s later.
 # Inductor's FX-graph and autograd caches live in GPU_CHECK_COMPILE_CACHE (default outputs/compile_cache, kept on
 # the machine between calls), so what one stage or call compiled the next one loads.
@@ -25,17 +37,18 @@
 # --dry-run: the same stages on the CPU at tiny sizes (nothing installed when the imports are present, nothing
 # compiled); tests/test_benchmarks.py runs it, so make test keeps this script working between GPU loans.
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET_S (default: the stages' limits added up),
-# GPU_CHECK_COMPILE_CACHE.
+# GPU_CHECK_COMPILE_CACHE, GPU_CHECK_PAPER_DIR.
 set -uo pipefail
 
 usage() {
-    echo "usage: bash benchmarks/gpu_check.sh [--dry-run] [--stages part1|part2|install,data,tests,bench_eager,bench_compiled,bench_autotune] OUT" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [--dry-run] [--stages part1|part2|part3|install,data,tests,bench_eager,bench_compiled,bench_autotune,paper] OUT" >&2
     exit 2
 }
 
-ALL_STAGES="install,data,tests,bench_eager,bench_compiled,bench_autotune"
+ALL_STAGES="install,data,tests,bench_eager,bench_compiled,bench_autotune,paper"
 PART1="install,data,tests,bench_eager"
 PART2="install,bench_compiled,bench_autotune"
+PART3="install,paper"
 DRY_RUN=0
 STAGES=$ALL_STAGES
 OUT=""
@@ -54,6 +67,7 @@ done
 case "$STAGES" in
     part1) STAGES=$PART1 ;;
     part2) STAGES=$PART2 ;;
+    part3) STAGES=$PART3 ;;
 esac
 for stage in ${STAGES//,/ }; do
     case ",$ALL_STAGES," in
@@ -76,23 +90,33 @@ trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$REPO:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-# Each stage's time limit in seconds: on a GPU part1 and part2 each fit one 600 s call with the machine's start.
+# Each stage's time limit in seconds: on a GPU part1, part2 and part3 each fit one 600 s call.
 declare -A LIMIT_S
 if [ "$DRY_RUN" = 1 ]; then
-    LIMIT_S=([install]=60 [data]=120 [tests]=420 [bench_eager]=240 [bench_compiled]=0 [bench_autotune]=0)
+    LIMIT_S=([install]=60 [data]=120 [tests]=420 [bench_eager]=240 [bench_compiled]=0 [bench_autotune]=0 [paper]=180)
     STUDIES_PER_PART=6
     export MURA_GPU_TEST_DEVICE=cpu
     BENCH_COMMON=(--device cpu --size 32 --batch-size 2 --steps 1 --warmup-steps 1 --backbones resnet50)
     # the compiled variant cannot compile in 0.05 s: it checks that a compile cut short falls back to eager
     EAGER_ARGS=(--variants resnet50/bf16/nhwc resnet50/fp32/nchw/fused/nobench resnet50/fp32/nchw/compile
         --compile-timeout-s 0.05 --workers 0 --pipeline-images 8 --ratio-rounds 1 --ratio-variant resnet50/fp32/nchw)
+    PAPER_DIR="$WORK/paper"
+    # a few studies, 32 px, two training batches of ResNet-50 (the first is not timed), one validation batch, no
+    # checkpoints: the stages' code, not the scale
+    PAPER_ARGS=(--device cpu --studies-per-part 6 --generate-workers 1 --model-steps 1 --model-warmup-steps 1
+        model=resnet50 model.preprocessing.image_size=32 data.batch_size=4 data.num_workers=0 callbacks.cam=null
+        callbacks.metrics_report=null callbacks.model_checkpoint=null callbacks.last_checkpoint=null
+        trainer.limit_train_batches=2 trainer.limit_val_batches=1 trainer.num_sanity_val_steps=0)
 else
-    LIMIT_S=([install]=30 [data]=30 [tests]=240 [bench_eager]=150 [bench_compiled]=240 [bench_autotune]=120)
+    LIMIT_S=([install]=30 [data]=30 [tests]=240 [bench_eager]=150 [bench_compiled]=240 [bench_autotune]=120 [paper]=360)
     STUDIES_PER_PART=100
     export MURA_GPU_TEST_DEVICE=cuda
     BENCH_COMMON=(--device cuda)
     # The first loan (H200, 2026-11-27) measured the eager grid; bf16 NHWC stays as the reference of the levers.
     EAGER_ARGS=(--variants densenet169/bf16/nhwc resnet50/bf16/nhwc levers --workers 8 16 --ratio-rounds 1)
+    PAPER_DIR=${GPU_CHECK_PAPER_DIR:-$REPO/outputs/paper_scale}
+    # experiment=paper as configured (trainer=gpu), at the batch gpu.py measures: the ratio compares like with like
+    PAPER_ARGS=(--device cuda data.batch_size=64)
 fi
 NEEDED_S=0
 for stage in ${STAGES//,/ }; do
@@ -100,7 +124,7 @@ for stage in ${STAGES//,/ }; do
 done
 BUDGET_S=${GPU_CHECK_BUDGET_S:-$((NEEDED_S + 15))}  # 15 s: the card's name and the summary
 if [ "$BUDGET_S" -lt "$NEEDED_S" ]; then
-    echo "gpu_check.sh: the stages $STAGES need ${NEEDED_S} s (their limits added up), more than GPU_CHECK_BUDGET_S=${BUDGET_S}: ask for fewer stages (--stages part1, then --stages part2) or a larger budget" >&2
+    echo "gpu_check.sh: the stages $STAGES need ${NEEDED_S} s (their limits added up), more than GPU_CHECK_BUDGET_S=${BUDGET_S}: ask for fewer stages (--stages part1, then part2, then part3) or a larger budget" >&2
     exit 2
 fi
 DATA="$WORK/data"
@@ -234,6 +258,8 @@ else
     wanted bench_autotune && run_stage bench_autotune "${BENCH[@]}" --variants resnet50/bf16/nhwc/max-autotune \
         --workers --ratio-rounds 0
 fi
+wanted paper && run_stage paper "$PYTHON" benchmarks/paper_scale.py --work "$PAPER_DIR" --results "$WORK/figures.jsonl" \
+    "${PAPER_ARGS[@]}"
 
 summary_args=(--work "$WORK" --out "$OUT" --wall-s "$SECONDS" --tests-file tests/test_gpu.py)
 [ "$DRY_RUN" = 1 ] && summary_args+=(--dry-run)

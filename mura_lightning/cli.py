@@ -28,6 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from mura_lightning.cluster.slurm_env import secondary_rank_overrides
 from mura_lightning.errors import USER_ERROR_EXIT_CODE, MuraError
 from mura_lightning.io import ERROR_FILE, write_text_atomic
 
@@ -49,7 +50,8 @@ def hydra_app(config_name: str, check: ConfigCheck | None = None) -> Callable[[C
     """`hydra.main` for `conf/<config_name>.yaml`, whose command line is checked first (`check_command_line`):
     a misspelt key or option, or what `check` (given the composed config, say a missing checkpoint) raises as a
     MuraError, ends the program with the message and exit code 2, before Hydra makes the run folder. The job
-    itself runs under `run_as_job`'s failure contract."""
+    itself runs under `run_as_job`'s failure contract. A task of rank > 0 that srun started leaves the run
+    folder's files to rank 0 (`secondary_rank_overrides`)."""
 
     def decorate(task: Callable[..., ReturnT]) -> Callable:
         hydra_main = hydra.main(version_base=VERSION_BASE, config_path=str(CONFIG_DIR), config_name=config_name)
@@ -59,6 +61,7 @@ def hydra_app(config_name: str, check: ConfigCheck | None = None) -> Callable[[C
         def main(cfg_passthrough: DictConfig | None = None) -> Any:
             if cfg_passthrough is not None:  # called with a composed config, as hydra.main allows: no command line
                 return run_hydra(cfg_passthrough)
+            sys.argv.extend(secondary_rank_overrides(config_name))
             try:
                 check_command_line(config_name, sys.argv[1:], check)
             except MuraError as err:

@@ -8,6 +8,7 @@ import os
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from mura_lightning.cluster.slurm_env import step_run_name
 from mura_lightning.dirnames import dirname, sorted_overrides
 
 
@@ -31,6 +32,7 @@ def job_dirname() -> str:
 
 
 def register() -> None:
-    """Register `${mura.launch_dir:}` and `${mura.job_dirname:}` with OmegaConf."""
+    """Register `${mura.launch_dir:}`, `${mura.job_dirname:}` and `${mura.run_name:DEFAULT}` with OmegaConf."""
     OmegaConf.register_new_resolver("mura.launch_dir", launch_dir, replace=True)
     OmegaConf.register_new_resolver("mura.job_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("mura.run_name", step_run_name, replace=True)

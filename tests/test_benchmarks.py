@@ -54,8 +54,8 @@ def test_cam_benchmark_prints_seconds():
 
 def test_the_gpu_check_dry_run_passes_every_stage(tmp_path):
     """gpu_check.sh --dry-run: the GPU check's stages on the CPU at tiny sizes (so it keeps working between GPU
-    loans). Its stage limits are generous: the run takes about a minute on a quiet 2-core machine, several under
-    load."""
+    loans). Its stage limits are generous: the run takes about a minute and a half on a 2-core machine (the paper
+    stage about 20 s of it), several under load."""
     environment = {**os.environ, "PYTHON": sys.executable}
     finished = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--dry-run", str(tmp_path)],
@@ -67,7 +67,7 @@ def test_the_gpu_check_dry_run_passes_every_stage(tmp_path):
     statuses = {name: stage["status"] for name, stage in results["stages"].items()}
     assert statuses == {
         "install": "ok", "data": "ok", "tests": "ok", "bench_eager": "ok",
-        "bench_compiled": "skipped", "bench_autotune": "skipped",
+        "bench_compiled": "skipped", "bench_autotune": "skipped", "paper": "ok",
     }  # fmt: skip
     assert results["test_counts"] == {"passed": 6, "skipped": 1}
     outcomes = {letter: check["outcome"] for letter, check in results["checks"].items()}
@@ -79,6 +79,15 @@ def test_the_gpu_check_dry_run_passes_every_stage(tmp_path):
     assert "train_images_per_s/resnet50/fp32/nchw/compile" not in figures
     assert figures["pipeline_images_per_s/0_workers"] > 0
     assert figures["lightning_over_plain_min/resnet50/fp32/nchw"] <= figures["lightning_over_plain/resnet50/fp32/nchw"]
+    assert figures["tree_train_images"] + figures["tree_valid_images"] > 40 and figures["cache_disk_mib"] > 0
+    assert figures["generate_s"] > 0 and figures["index_s"] > 0 and figures["cache_s"] > 0
+    stages_memory = [figures[f"peak_pss_mib/{stage}"] for stage in ("generate", "index", "cache")]
+    assert min(stages_memory) > 50 and figures["peak_rss_mib/self"] > 50
+    assert figures["epoch_train_images/resnet50"] == 4, "the batch of 4 after the first of the dry run's 2"
+    (model,) = [value for name, value in figures.items() if name.startswith("model_images_per_s/resnet50/")]
+    assert figures["epoch_over_model/resnet50"] == pytest.approx(figures["epoch_images_per_s/resnet50"] / model)
+    assert results["goals"]["densenet169_epoch_over_model"]["target"] == 0.9
+    assert results["goals"]["resnet50_epoch_over_model"]["value"] == figures["epoch_over_model/resnet50"]
     assert all(goal["met"] is None for goal in results["goals"].values()), "a dry run judges no goal"
     assert "== tests: ok" in (tmp_path / "gpu_check.log").read_text()
 
@@ -89,7 +98,8 @@ def test_the_gpu_check_refuses_unknown_stages_and_options_and_a_budget_below_its
         (["--fast"], None, "unknown option --fast"),
         ([], None, "usage: bash benchmarks/gpu_check.sh"),
         (["--stages", "part1"], "400", "the stages install,data,tests,bench_eager need 450 s"),
-        (["--dry-run"], "100", "need 840 s (their limits added up), more than GPU_CHECK_BUDGET_S=100"),
+        (["--dry-run"], "100", "need 1020 s (their limits added up), more than GPU_CHECK_BUDGET_S=100"),
+        (["--stages", "part3"], "300", "the stages install,paper need 390 s"),
     ):
         environment = {**os.environ, **({"GPU_CHECK_BUDGET_S": budget} if budget else {})}
         finished = subprocess.run(
@@ -180,3 +190,48 @@ def test_bootstrap_benchmark_prints_the_ratio_and_coverage():
     )
     assert float(figures["bootstrap_seconds"]) > 0 and float(figures["sklearn_over_bootstrap"]) > 0
     assert 0 <= float(figures["coverage_kappa"]) <= 1
+
+
+@pytest.fixture
+def paper_scale():
+    """benchmarks/paper_scale.py as a module."""
+    import paper_scale
+
+    return paper_scale
+
+
+def test_the_paper_scale_tree_has_muras_image_counts(paper_scale):
+    """The generator's plan for the rehearsal's settings (no image drawn): MURA-v1.1's training and valid image
+    counts within 1 %."""
+    from mura_lightning.synthetic import load_spec
+    from mura_lightning.synthetic.plan import plan_studies
+
+    settings = paper_scale.generator_settings(studies_per_part=None, workers=None)
+    plans = plan_studies(load_spec(root=".", **settings))
+    for split, mura in paper_scale.MURA_IMAGES.items():
+        images = sum(plan.images for plan in plans if plan.split == split)
+        assert images == pytest.approx(mura, rel=0.01), split
+
+
+def test_the_paper_scale_model_only_variant_follows_the_training_config(paper_scale):
+    from helpers.runs import compose
+
+    common = ["experiment=paper", "model=resnet50", "model.channels_last=true", "model.compile=true"]
+    fast = compose("train", [*common, "trainer.precision=bf16-mixed", "++trainer.benchmark=true", "data.batch_size=64"])
+    assert paper_scale.model_variant(fast).name == "resnet50/bf16/nhwc/compile"
+    plain = compose("train", [*common, "model.compile=false", "trainer.precision=32-true", "data.batch_size=16"])
+    assert paper_scale.model_variant(plain).name == "resnet50/fp32/nhwc/nobench/batch=16"
+    with pytest.raises(SystemExit, match="trainer.precision=16-mixed: gpu.py measures"):
+        paper_scale.model_variant(compose("train", [*common, "trainer.precision=16-mixed"]))
+
+
+@pytest.mark.parametrize(
+    ("stages", "device", "message"),
+    [
+        ("generate,train", None, "unknown stage 'train'; the stages are generate,index,cache,epoch"),
+        ("cache,epoch", None, "the epoch stage needs --device cuda"),
+    ],
+)
+def test_bad_paper_scale_stages_are_a_clear_error(paper_scale, stages, device, message):
+    with pytest.raises(SystemExit, match=message):
+        paper_scale.stage_list(stages, device)

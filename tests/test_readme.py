@@ -43,7 +43,7 @@ COMMAND_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # read by torch when impor
 # What a README command may need that the test machine lacks; a command says so in its comment: `# ... needs: X`.
 NEEDS = {
     "GPUs": "the test machine has none (benchmarks/gpu_check.sh and `pytest -m gpu` run on a GPU loan)",
-    "SLURM": "only tests/test_slurm.py submits to the one-node test cluster (tests/slurm/start.sh)",
+    "SLURM": "only tests/test_slurm.py and tests/test_slurm_multinode.py submit to the test cluster (tests/slurm/)",
     "real MURA": "the dataset is a download from Stanford, not on the test machine",
     "ImageNet weights": "torchvision's pretrained weights are a download; the test machine has no network",
     "a server loop": "the service answers until stopped; tests/test_serve.py runs it as a real process on a free port",

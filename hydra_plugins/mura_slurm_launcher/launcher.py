@@ -17,6 +17,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides, run_job
 from omegaconf import OmegaConf, open_dict
 
+from mura_lightning.cluster.slurm_env import secondary_rank_overrides
 from mura_lightning.cluster.slurm_launcher import (
     SlurmJobLostError,
     checked_launch,
@@ -124,3 +125,9 @@ if SlurmLauncher is not None:
                 job_subdir_key="hydra.sweep.subdir",
                 configure_logging=False,
             )
+
+        def __call__(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> JobReturn:
+            """Run one sweep job in one of its SLURM tasks (every task runs it: one per GPU on each node); a task
+            of rank > 0 leaves the job folder's files to rank 0."""
+            job_name = self.config.hydra.job.name
+            return super().__call__([*sweep_overrides, *secondary_rank_overrides(job_name)], *args, **kwargs)

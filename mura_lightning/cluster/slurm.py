@@ -23,6 +23,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, Trainer
 from omegaconf import OmegaConf
 
+from mura_lightning.cluster.slurm_env import slurm_job_id
 from mura_lightning.errors import MuraError
 from mura_lightning.io import write_json_atomic
 
@@ -71,12 +72,6 @@ def trainer_options(callbacks: list[Any]) -> dict[str, Any]:
         "callbacks": [*callbacks, SlurmRequeue(requeue_signal(), slurm_job_id())],
         "plugins": [SLURMEnvironment(auto_requeue=False)],
     }
-
-
-def slurm_job_id() -> str:
-    """This job's id as scontrol names it: `<array job>_<task>` for a task of a job array."""
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
 
 
 def hpc_checkpoint_path(run_dir: str | Path) -> Path:

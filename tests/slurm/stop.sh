@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops the test cluster that tests/slurm/start.sh started: slurmd, slurmctld, then munged.
+# Stops the test cluster that tests/slurm/start.sh started: both slurmd, slurmctld, then munged.
 set -uo pipefail
 
 stop() {  # stop NAME PIDFILE: SIGTERM the daemon named in PIDFILE and wait for it to exit
@@ -17,7 +17,9 @@ stop() {  # stop NAME PIDFILE: SIGTERM the daemon named in PIDFILE and wait for 
 }
 
 status=0
-stop slurmd /run/slurmd.pid || status=1
+for pidfile in /run/slurmd.pid /run/slurmd-*.pid; do  # /run/slurmd.pid: a slurmd of the one-node version
+    stop "slurmd ($(basename "$pidfile" .pid))" "$pidfile" || status=1
+done
 stop slurmctld /run/slurmctld.pid || status=1
 stop munged /run/munge/munged.pid || status=1
 exit $status
