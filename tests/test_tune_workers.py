@@ -48,12 +48,18 @@ SLURM = [  # one CPU per worker job; the queue read every 2 s at most, so a canc
     "hydra.launcher.poll_s=2",
 ]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Epochs of each trial in the tests that kill a worker mid-trial: seen training, a tiny one-epoch trial can finish
+# before the kill reaches it (scancel goes through the SLURM daemons), and then no trial is lost.
+KILLED_SEARCH_EPOCHS = 4
 
 
-def search_args(root: Path, out: Path, n_trials: int, *extra: str) -> list[str]:
-    """A 2-worker search of `n_trials` tiny trials over lr and loss, lost trials found after GRACE_S seconds."""
+def search_args(root: Path, out: Path, n_trials: int, *extra: str, epochs: int = 1) -> list[str]:
+    """A 2-worker search of `n_trials` tiny trials of `epochs` epochs over lr and loss, lost trials found after
+    GRACE_S seconds."""
+    tiny = [o for o in tiny_run_overrides(root, out) if not o.startswith("trainer.max_epochs=")]
     return [
-        *tiny_run_overrides(root, out),
+        *tiny,
+        f"trainer.max_epochs={epochs}",
         *FAST,
         *LR_AND_LOSS,
         *short_heartbeat(GRACE_S),
@@ -141,7 +147,7 @@ def worker_logs(study_dir: Path) -> list[str]:
 
 
 def test_two_local_workers_finish_a_study_and_retry_the_trial_of_one_killed(mura_root, tmp_path):
-    process = start_search(search_args(mura_root, tmp_path, 2))
+    process = start_search(search_args(mura_root, tmp_path, 2, epochs=KILLED_SEARCH_EPOCHS))
     try:
         victim = wait_for(lambda: training_trial(tmp_path), KILL_TIMEOUT_S, "a trial in training", process)
         pid = int(victim.user_attrs[WORKER_ATTR].rsplit(":", 1)[1])
@@ -180,7 +186,7 @@ def test_two_slurm_workers_finish_a_four_trial_study(slurm_cluster, mura_root, t
 
 
 def test_a_cancelled_slurm_worker_leaves_its_trial_to_the_other(slurm_cluster, mura_root, tmp_path):
-    process = start_search(search_args(mura_root, tmp_path, 2, *SLURM))
+    process = start_search(search_args(mura_root, tmp_path, 2, *SLURM, epochs=KILLED_SEARCH_EPOCHS))
     try:
         victim = wait_for(lambda: training_trial(tmp_path, JOB_FILE), KILL_TIMEOUT_S, "a trial in training", process)
         job_id = json.loads(Path(victim.user_attrs["run_dir"], JOB_FILE).read_text())["job_id"]
