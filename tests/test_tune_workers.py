@@ -51,6 +51,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Epochs of each trial in the tests that kill a worker mid-trial: seen training, a tiny one-epoch trial can finish
 # before the kill reaches it (scancel goes through the SLURM daemons), and then no trial is lost.
 KILLED_SEARCH_EPOCHS = 4
+FIRST_CHECKPOINT = "checkpoints/last.ckpt"  # a trial's fit has run an epoch
 
 
 def search_args(root: Path, out: Path, n_trials: int, *extra: str, epochs: int = 1) -> list[str]:
@@ -188,11 +189,14 @@ def test_two_slurm_workers_finish_a_four_trial_study(slurm_cluster, mura_root, t
 def test_a_cancelled_slurm_worker_leaves_its_trial_to_the_other(slurm_cluster, mura_root, tmp_path):
     process = start_search(search_args(mura_root, tmp_path, 2, *SLURM, epochs=KILLED_SEARCH_EPOCHS))
     try:
-        victim = wait_for(lambda: training_trial(tmp_path, JOB_FILE), KILL_TIMEOUT_S, "a trial in training", process)
+        # scancel sends SIGCONT and SIGTERM (also with --signal=KILL), then SIGKILL KillWait seconds later (30 here).
+        # submitit's job ignores SIGTERM outside Lightning's fit, where a tiny trial would then finish; so the job is
+        # cancelled once its trial has saved a checkpoint, inside the fit, where Lightning stops at the next batch.
+        victim = wait_for(
+            lambda: training_trial(tmp_path, JOB_FILE, FIRST_CHECKPOINT), KILL_TIMEOUT_S, "a trial in its fit", process
+        )
         job_id = json.loads(Path(victim.user_attrs["run_dir"], JOB_FILE).read_text())["job_id"]
-        # A plain scancel sends SIGTERM, which submitit's job ignores outside Lightning's fit, and SIGKILL KillWait
-        # seconds later (30 here): time for a tiny trial to finish. KILL ends the worker mid-trial, as KillWait does.
-        subprocess.run(["scancel", "--signal=KILL", job_id], check=True)
+        subprocess.run(["scancel", job_id], check=True)
         stdout, stderr = process.communicate(timeout=SEARCH_TIMEOUT_S)
     finally:
         stop_search(process)
