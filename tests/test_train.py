@@ -70,8 +70,9 @@ def test_experiments_set_their_recipes(tmp_path):
     assert paper.optimizer.lr == 1e-4 and list(paper.optimizer.betas) == [0.9, 0.999]
     assert paper.scheduler.builder.factor == 0.1 and paper.scheduler.monitor == "val/loss"
     assert paper.loss._target_.endswith("WeightedBCELoss")
-    levers = (paper.model.channels_last, paper.data.cache, paper.data.gpu_augment, paper.model.compile)
-    assert levers == (True, True, True, False), "the GPU levers backed by a figure (README), compile not yet"
+    levers = (paper.model.channels_last, paper.data.cache, paper.data.gpu_augment, paper.optimizer.fused)
+    assert levers == (True, True, True, True), "the GPU levers backed by a figure (README)"
+    assert not paper.model.compile and paper.trainer.precision == "32-true", "not backed by a figure yet"
     gpu = compose("train", ["trainer=gpu", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     assert (gpu.trainer.accelerator, gpu.trainer.precision) == ("gpu", "32-true") and "benchmark" not in gpu.trainer
     demo = compose("train", ["experiment=demo", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
