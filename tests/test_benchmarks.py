@@ -11,6 +11,7 @@ import time
 
 import pytest
 from helpers.runs import REPO_ROOT
+from test_gpu import CHECK_DATA
 
 
 def run_benchmark(script: str, *args: str) -> dict[str, str]:
@@ -89,7 +90,10 @@ def test_the_gpu_check_dry_run_passes_every_stage(tmp_path):
     assert results["goals"]["densenet169_epoch_over_model"]["target"] == 0.9
     assert results["goals"]["resnet50_epoch_over_model"]["value"] == figures["epoch_over_model/resnet50"]
     assert all(goal["met"] is None for goal in results["goals"].values()), "a dry run judges no goal"
-    assert "== tests: ok" in (tmp_path / "gpu_check.log").read_text()
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert "== tests: ok" in log
+    (data_stage,) = [line for line in log.splitlines() if line.startswith("== data (limit")]
+    assert set(CHECK_DATA) <= set(data_stage.split()), "the data stage writes the tree the tests would write"
 
 
 def test_the_gpu_check_refuses_unknown_stages_and_options_and_a_budget_below_its_stages(tmp_path):
@@ -97,7 +101,7 @@ def test_the_gpu_check_refuses_unknown_stages_and_options_and_a_budget_below_its
         (["--stages", "tests,bench_fast"], None, "unknown stage 'bench_fast'"),
         (["--fast"], None, "unknown option --fast"),
         ([], None, "usage: bash benchmarks/gpu_check.sh"),
-        (["--stages", "part1"], "400", "the stages install,data,tests,bench_eager need 450 s"),
+        (["--stages", "part1"], "400", "the stages install,data,tests,bench_eager need 540 s"),
         (["--dry-run"], "100", "need 1020 s (their limits added up), more than GPU_CHECK_BUDGET_S=100"),
         (["--stages", "part3"], "300", "the stages install,paper need 390 s"),
     ):
@@ -128,9 +132,12 @@ def test_an_interrupted_pytest_still_writes_junit_and_every_check_gets_an_outcom
         "def test_c_never_runs():\n    pass\n"
     )
     junit = tmp_path / "work" / "junit.xml"
+    # SIGINT at its default in the child, as in a shell's foreground: a suite started in the background of a
+    # non-interactive shell inherits it ignored, and Python then never raises KeyboardInterrupt
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", str(checks), "-p", "no:cacheprovider", f"--junitxml={junit}", "-q"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -218,9 +225,9 @@ def test_the_paper_scale_model_only_variant_follows_the_training_config(paper_sc
 
     common = ["experiment=paper", "model=resnet50", "model.channels_last=true", "model.compile=true"]
     fast = compose("train", [*common, "trainer.precision=bf16-mixed", "++trainer.benchmark=true", "data.batch_size=64"])
-    assert paper_scale.model_variant(fast).name == "resnet50/bf16/nhwc/compile"
+    assert paper_scale.model_variant(fast).name == "resnet50/bf16/nhwc/compile/fused"
     plain = compose("train", [*common, "model.compile=false", "trainer.precision=32-true", "data.batch_size=16"])
-    assert paper_scale.model_variant(plain).name == "resnet50/fp32/nhwc/nobench/batch=16"
+    assert paper_scale.model_variant(plain).name == "resnet50/fp32/nhwc/fused/nobench/batch=16"
     with pytest.raises(SystemExit, match="trainer.precision=16-mixed: gpu.py measures"):
         paper_scale.model_variant(compose("train", [*common, "trainer.precision=16-mixed"]))
 
