@@ -11,7 +11,7 @@ from helpers.runs import compose_run
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mura_lightning.callbacks.cam import choose_sample
+from mura_lightning.callbacks.cam import CAPTION_HEIGHT, MIN_TILE_SIZE, captioned_tile, choose_sample
 from mura_lightning.errors import MuraError
 from mura_lightning.inference.explain import box_area, box_iou, compute_cams, pointing_game
 from mura_lightning.models.backbones import build_backbone
@@ -125,6 +125,18 @@ def test_cam_errors_are_clear():
         compute_cams(net, net.layer4[-1], torch.randn(1, 1, 32, 32), "GradKAM")
     with torch.inference_mode(), pytest.raises(MuraError, match="trainer.inference_mode=false"):
         compute_cams(net, net.layer4[-1], torch.randn(1, 1, 32, 32), "GradCAM")
+
+
+def test_a_tile_draws_each_line_of_its_caption_whole():
+    """The grid's longest caption (a study pooling's weight on the second line) is drawn whole on a 128 px tile:
+    text on each line's band, none touching the tile's right edge (where a cut-off line would end)."""
+    tile = captioned_tile(np.zeros((64, 64, 3), np.uint8), [], "shoulder abnormal\np=0.57 w=0.33")
+    assert tile.shape == (3, MIN_TILE_SIZE + 2 * CAPTION_HEIGHT, MIN_TILE_SIZE)
+    for line in range(2):
+        band = tile[:, line * CAPTION_HEIGHT : (line + 1) * CAPTION_HEIGHT].amax(dim=0)
+        lit_columns = band.amax(dim=0).nonzero()
+        assert len(lit_columns) > 0, f"caption line {line + 1} is empty"
+        assert lit_columns.max() < MIN_TILE_SIZE - 4, f"caption line {line + 1} runs off the tile"
 
 
 def test_pointing_game_iou_and_box_area_on_hand_made_maps():

@@ -35,7 +35,7 @@ from mura_lightning.models.segments import Segments
 
 log = logging.getLogger(__name__)
 
-CAPTION_HEIGHT = 14
+CAPTION_HEIGHT = 14  # per caption line
 MIN_TILE_SIZE = 128
 BOX_COLOUR = (0, 255, 0)
 
@@ -147,7 +147,7 @@ class CAMCallback(Callback):
         for gray, cam, row, prob, weight, tile_boxes in zip(
             pixels, cams, rows, probs, weights, image_boxes, strict=True
         ):
-            caption = f"{row.body_part} {CLASS_NAMES[int(row.label)]} p={prob:.2f}"
+            caption = f"{row.body_part} {CLASS_NAMES[int(row.label)]}\np={prob:.2f}"
             if weight is not None:
                 caption += f" w={weight:.2f}"
             tiles.append(captioned_tile(overlay(gray, cam, self.image_weight), tile_boxes, caption))
@@ -212,15 +212,18 @@ def whole_studies(rows: pd.DataFrame, sample: pd.DataFrame, count: int) -> pd.Da
 
 
 def captioned_tile(picture: np.ndarray, boxes: list[Box], caption: str) -> torch.Tensor:
-    """A (3, H, W) uint8 tile: the overlay (enlarged to at least MIN_TILE_SIZE), box outlines, a caption."""
+    """A (3, H, W) uint8 tile: the overlay (enlarged to at least MIN_TILE_SIZE), box outlines, above them a
+    caption of one line per line of `caption` (tiles of one grid need captions of as many lines)."""
     size = max(MIN_TILE_SIZE, picture.shape[0])
     scale = size / picture.shape[0]
+    top = CAPTION_HEIGHT * (caption.count("\n") + 1)
     image = Image.fromarray(picture).resize((size, size), Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", (size, size + CAPTION_HEIGHT))
-    canvas.paste(image, (0, CAPTION_HEIGHT))
+    canvas = Image.new("RGB", (size, size + top))
+    canvas.paste(image, (0, top))
     draw = ImageDraw.Draw(canvas)
     for x0, y0, x1, y1 in boxes:
-        outline = [x0 * scale, y0 * scale + CAPTION_HEIGHT, x1 * scale, y1 * scale + CAPTION_HEIGHT]
-        draw.rectangle(outline, outline=BOX_COLOUR)
-    draw.text((2, 1), caption, fill=(255, 255, 255), font=ImageFont.load_default())
+        draw.rectangle([x0 * scale, y0 * scale + top, x1 * scale, y1 * scale + top], outline=BOX_COLOUR)
+    font = ImageFont.load_default()
+    for line, text in enumerate(caption.split("\n")):
+        draw.text((2, 1 + line * CAPTION_HEIGHT), text, fill=(255, 255, 255), font=font)
     return torch.from_numpy(np.array(canvas)).permute(2, 0, 1)
