@@ -37,6 +37,7 @@ from mura_lightning.summarize import summarize  # noqa: E402
 FAST_POLL = "hydra.launcher.poll_s=2"
 LOST_WITHIN_S = 30  # scancel to the lost job's error.txt: a 2 s poll and a 2 s grace, on a loaded machine
 STOPPED_WITHIN_S = 30  # submission to the end of a sweep that can never start: the first looks at the queue
+LEAVES_QUEUE_WITHIN_S = 30  # a job whose result is in still shows RUNNING while its process exits and SLURM cleans up
 
 
 class FakeSlurm:
@@ -254,6 +255,15 @@ def queued(job_ids: list[str]) -> str:
     return answer.stdout.strip()
 
 
+def queued_after_draining(job_ids: list[str]) -> str:
+    """queued(job_ids) once it is empty, or as it stands after LEAVES_QUEUE_WITHIN_S: a job whose result the sweep
+    has read may still be RUNNING for a moment while its process exits."""
+    deadline = time.monotonic() + LEAVES_QUEUE_WITHIN_S
+    while (lines := queued(job_ids)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return lines
+
+
 class Sweep:
     """`python -m mura_lightning.train ARGS` running in the background; its stderr and when it ended (wall clock)
     are collected by a thread."""
@@ -353,7 +363,7 @@ def test_a_sweep_asking_more_cpus_than_the_node_has_stops_at_once_saying_what_to
     assert lines[0].endswith(f"({', '.join(job_ids)}); set hydra.launcher.cpus_per_task={cpus}")
     assert "Traceback" not in sweep.stderr
     assert stopped_after < STOPPED_WITHIN_S
-    assert queued(job_ids) == ""
+    assert queued_after_draining(job_ids) == ""
     assert job_folders(sweep_folder(sweep.out)) == []
 
 
@@ -375,7 +385,7 @@ def test_a_cancelled_job_is_reported_failed_while_the_other_finishes_and_summari
     assert len(lines) == 1, sweep.stderr[-3000:]
     assert re.match(rf"1 SLURM job\(s\) ended without a result \({lost_id}: (CANCELLED|left the queue)", lines[0])
     assert "the other 1 job(s) ran to their end" in lines[0] and "Traceback" not in sweep.stderr
-    assert queued(sweep.tasks()) == ""
+    assert queued_after_draining(sweep.tasks()) == ""
 
     sweep_dir = sweep_folder(sweep.out)
     finished, lost = job_folders(sweep_dir)
