@@ -10,6 +10,7 @@ import difflib
 import functools
 import io
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -28,11 +29,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from mura_lightning.cluster.slurm_env import secondary_rank_overrides
+from mura_lightning.cluster.slurm_env import secondary_rank_overrides, srun_rank
 from mura_lightning.errors import USER_ERROR_EXIT_CODE, MuraError
 from mura_lightning.io import ERROR_FILE, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+LAUNCHED_RANK_VARIABLES = ("NODE_RANK", "LOCAL_RANK")  # what Lightning's launcher sets for the processes it starts
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 VERSION_BASE = "1.3"
@@ -76,7 +79,8 @@ def hydra_app(config_name: str, check: ConfigCheck | None = None) -> Callable[[C
 
 def run_as_job(task: Callable[[DictConfig], ReturnT], name: str) -> Callable[[DictConfig], ReturnT]:
     """The failure contract of every entry point's job (`name`: its command): a job that raises leaves its
-    traceback in `error.txt` in its output folder (written atomically; `job_folder`), then a MuraError is one
+    traceback in `error.txt` in its output folder (written atomically; `job_folder`; by rank 0 only, see
+    `is_rank_zero`), then a MuraError is one
     `error: ...` line and any other error its traceback, in the job's log. A single run then ends with exit code
     2 (a MuraError) or 1; in a multirun the error goes on to Hydra, which marks the job failed, runs the other
     jobs and fails the sweep."""
@@ -87,7 +91,7 @@ def run_as_job(task: Callable[[DictConfig], ReturnT], name: str) -> Callable[[Di
             return task(cfg)
         except Exception as err:
             folder = job_folder(cfg)
-            if folder is not None:
+            if folder is not None and is_rank_zero():
                 write_text_atomic(folder / ERROR_FILE, "".join(traceback.format_exception(err)))
             user_error = isinstance(err, MuraError)
             if user_error:
@@ -99,6 +103,18 @@ def run_as_job(task: Callable[[DictConfig], ReturnT], name: str) -> Callable[[Di
             raise SystemExit(USER_ERROR_EXIT_CODE if user_error else 1) from err
 
     return job
+
+
+def is_rank_zero() -> bool:
+    """Whether this process owns its run folder's files: it runs alone, or it is global rank 0 of a distributed run
+    (the process group's rank once set up, else the rank `srun` or Lightning's launcher gave it). A rank > 0 shares
+    rank 0's folder; when it fails, even only as the run ends (a peer that has exited closes its connection), its
+    traceback goes to its own log, and error.txt stays rank 0's account of the run."""
+    dist = sys.modules.get("torch.distributed")  # no process group unless torch is loaded
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    launched = (os.environ.get(variable, "0") for variable in LAUNCHED_RANK_VARIABLES)
+    return srun_rank() == 0 and all(value == "0" for value in launched)
 
 
 def job_folder(cfg: DictConfig) -> Path | None:
