@@ -79,11 +79,10 @@ def hydra_app(config_name: str, check: ConfigCheck | None = None) -> Callable[[C
 
 def run_as_job(task: Callable[[DictConfig], ReturnT], name: str) -> Callable[[DictConfig], ReturnT]:
     """The failure contract of every entry point's job (`name`: its command): a job that raises leaves its
-    traceback in `error.txt` in its output folder (written atomically; `job_folder`; by rank 0 only, see
-    `is_rank_zero`), then a MuraError is one
-    `error: ...` line and any other error its traceback, in the job's log. A single run then ends with exit code
-    2 (a MuraError) or 1; in a multirun the error goes on to Hydra, which marks the job failed, runs the other
-    jobs and fails the sweep."""
+    traceback in `error.txt` in its output folder (written atomically by rank 0 alone; `job_folder`,
+    `is_rank_zero`), then a MuraError is one `error: ...` line and any other error its traceback, in the job's log.
+    A single run then ends with exit code 2 (a MuraError) or 1; in a multirun the error goes on to Hydra, which
+    marks the job failed, runs the other jobs and fails the sweep."""
 
     @functools.wraps(task)
     def job(cfg: DictConfig) -> ReturnT:
