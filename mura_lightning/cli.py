@@ -10,7 +10,6 @@ import difflib
 import functools
 import io
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -29,13 +28,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from mura_lightning.cluster.slurm_env import secondary_rank_overrides, srun_rank
+from mura_lightning.cluster.slurm_env import secondary_rank_overrides
 from mura_lightning.errors import USER_ERROR_EXIT_CODE, MuraError
 from mura_lightning.io import ERROR_FILE, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-LAUNCHED_RANK_VARIABLES = ("NODE_RANK", "LOCAL_RANK")  # what Lightning's launcher sets for the processes it starts
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 VERSION_BASE = "1.3"
@@ -105,15 +102,13 @@ def run_as_job(task: Callable[[DictConfig], ReturnT], name: str) -> Callable[[Di
 
 
 def is_rank_zero() -> bool:
-    """Whether this process owns its run folder's files: it runs alone, or it is global rank 0 of a distributed run
-    (the process group's rank once set up, else the rank `srun` or Lightning's launcher gave it). A rank > 0 shares
-    rank 0's folder; when it fails, even only as the run ends (a peer that has exited closes its connection), its
+    """Whether this process owns its run folder's files: it runs alone, or it is global rank 0 of a distributed run,
+    as Lightning counts ranks (from the launch's variables, then the strategy's global rank). A rank > 0 shares rank
+    0's folder; when it fails, even only as the run ends (a peer that has exited closes its connection), its
     traceback goes to its own log, and error.txt stays rank 0's account of the run."""
-    dist = sys.modules.get("torch.distributed")  # no process group unless torch is loaded
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    launched = (os.environ.get(variable, "0") for variable in LAUNCHED_RANK_VARIABLES)
-    return srun_rank() == 0 and all(value == "0" for value in launched)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only  # here: start-up of every command skips it
+
+    return rank_zero_only.rank == 0
 
 
 def job_folder(cfg: DictConfig) -> Path | None:

@@ -219,10 +219,11 @@ def test_bad_value_is_a_one_line_error_with_exit_code_2(mura_root, tmp_path):
     assert (tmp_path / "run" / "error.txt").is_file()
 
 
-@pytest.mark.parametrize("rank", [None, ("LOCAL_RANK", "1"), ("NODE_RANK", "1")])
+@pytest.mark.parametrize("rank", [None, ("LOCAL_RANK", "1"), ("RANK", "1")])
 def test_error_txt_is_written_by_rank_0_only(tmp_path, rank):
-    """A DDP rank > 0 (as Lightning's launcher starts one) shares rank 0's folder: when it fails, its error goes to
-    its log, not to error.txt (a requeued two-node run's rank 1 once left one beside the finished run's results)."""
+    """A DDP rank > 0 (as Lightning's launcher or torchrun starts one) shares rank 0's folder: when it fails, its
+    error goes to its log, not to error.txt (a requeued two-node run's rank 1 once left one beside the finished
+    run's results)."""
     env = None if rank is None else {**os.environ, rank[0]: rank[1]}
     result = run_cli("train=false", f"paths.output_dir={tmp_path}/run", f"paths.log_dir={tmp_path}", env=env)
     assert result.returncode == 2
